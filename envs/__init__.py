@@ -1,0 +1,118 @@
+"""Environments of pwm-bench and their registry.
+
+``make_env(name, num_envs, device, differentiable=False, **overrides)`` builds any registered env;
+``gym:<id>`` wraps a Gymnasium continuous-control env. Every env is a :class:`VecEnv`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from pwm_bench.envs.base import VecEnv
+from pwm_bench.errors import UsageError, unknown_choice
+
+GYM_PREFIX = "gym:"
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """A registered environment.
+
+    Attributes:
+        name: registry name (``pwm-bench run --env NAME``).
+        factory: ``factory(num_envs, device, differentiable, cfg) -> VecEnv``.
+        config: dataclass type of the env's knobs (overridable with ``--set env.<field>=...``).
+        description: one line for ``pwm-bench list``.
+        differentiable: whether the env provides simulator gradients.
+    """
+
+    name: str
+    factory: Callable[..., VecEnv]
+    config: type
+    description: str
+    differentiable: bool = False
+
+
+_ENVS: dict[str, EnvSpec] = {}
+
+
+def register_env(spec: EnvSpec) -> EnvSpec:
+    """Add ``spec`` to the registry (replacing one of the same name) and return it."""
+    if spec.name.startswith(GYM_PREFIX):
+        raise ValueError(f"env names may not start with '{GYM_PREFIX}' (reserved for gymnasium envs)")
+    _ENVS[spec.name] = spec
+    return spec
+
+
+def list_envs() -> dict[str, EnvSpec]:
+    """Registered envs by name (the ``gym:<id>`` family is not listed here)."""
+    _register_builtins()
+    return dict(_ENVS)
+
+
+def env_spec(name: str) -> EnvSpec:
+    """Spec of env ``name``; ``gym:<id>`` names resolve to the gymnasium bridge."""
+    _register_builtins()
+    if name.startswith(GYM_PREFIX):
+        from pwm_bench.envs.gym_bridge import GymEnvConfig, GymVecEnv
+
+        env_id = name[len(GYM_PREFIX) :]
+        if not env_id:
+            raise UsageError("env 'gym:' needs a gymnasium id, e.g. gym:Pendulum-v1")
+
+        def factory(num_envs: int, device: Any, differentiable: bool, cfg: Any) -> VecEnv:
+            return GymVecEnv(env_id, num_envs, device, differentiable, cfg)
+
+        return EnvSpec(name, factory, GymEnvConfig, f"gymnasium env {env_id}")
+    if name not in _ENVS:
+        raise unknown_choice("env", name, [*_ENVS, "gym:<id>"])
+    return _ENVS[name]
+
+
+def make_env(
+    name: str,
+    num_envs: int,
+    device: Any = "cpu",
+    differentiable: bool = False,
+    **overrides: Any,
+) -> VecEnv:
+    """Build ``num_envs`` parallel worlds of env ``name`` on ``device``.
+
+    Args:
+        name: registry name or ``gym:<id>``.
+        num_envs: number of parallel worlds.
+        device: torch/Warp device (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        differentiable: keep outputs on the autograd graph of actions and incoming state.
+        **overrides: fields of the env's config dataclass (type-checked).
+    """
+    from pwm_bench.config import apply_overrides
+
+    spec = env_spec(name)
+    cfg = apply_overrides(spec.config(), overrides, what=f"'{name}' env option")
+    return spec.factory(num_envs, device, differentiable, cfg)
+
+
+_BUILTINS_DONE = False
+
+
+def _register_builtins() -> None:
+    global _BUILTINS_DONE
+    if _BUILTINS_DONE:
+        return
+    _BUILTINS_DONE = True
+    from pwm_bench.envs.pointmass import PointMassConfig, PointMassEnv
+
+    register_env(
+        EnvSpec(
+            "pointmass",
+            lambda n, device, diff, cfg: PointMassEnv(n, device, diff, cfg),
+            PointMassConfig,
+            "2-D point mass pushed to the origin; differentiable torch toy env for tests",
+            differentiable=True,
+        )
+    )
+
+
+__all__ = ["GYM_PREFIX", "EnvSpec", "VecEnv", "env_spec", "list_envs", "make_env", "register_env"]

@@ -1,0 +1,135 @@
+"""The algorithm registry.
+
+An algorithm is one module that defines a config dataclass (deriving from
+:class:`~pwm_bench.config.TrainConfig`) and ``train(env, cfg, run) -> Policy``, plus one
+registration::
+
+    ALGORITHM = Algorithm(name="myalgo", config=MyConfig, train=train, description="...")
+
+Built-in algorithms are registered here by import path and loaded on first use. Third-party
+packages register through the entry-point group ``pwm_bench.algorithms``, whose entries point at an
+:class:`Algorithm` object (``myalgo = "my_package.module:ALGORITHM"``), or call
+:func:`register_algorithm` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pwm_bench.errors import unknown_choice
+
+if TYPE_CHECKING:
+    import torch
+
+    from pwm_bench.config import TrainConfig
+    from pwm_bench.envs.base import VecEnv
+    from pwm_bench.run import Run
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "pwm_bench.algorithms"
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What ``train`` returns: maps observations to actions."""
+
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Actions ``(N, act_dim)`` in ``[-1, 1]`` for observations ``(N, obs_dim)``."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """A registered algorithm.
+
+    Attributes:
+        name: registry name (``pwm-bench run --algo NAME``).
+        config: its config dataclass type (a :class:`TrainConfig` subclass).
+        train: ``train(env, cfg, run) -> Policy``; reports through ``run`` (see :class:`Run`).
+        description: one line for ``pwm-bench list``.
+        requires_gradients: the algorithm differentiates through the simulator and needs an env
+            built with ``differentiable=True``.
+    """
+
+    name: str
+    config: type[TrainConfig]
+    train: Callable[[VecEnv, Any, Run], Policy]
+    description: str
+    requires_gradients: bool = False
+
+
+_BUILTIN: dict[str, str] = {
+    "ppo": "pwm_bench.baselines.ppo:ALGORITHM",
+}
+_ALGOS: dict[str, Algorithm] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def register_algorithm(algo: Algorithm) -> Algorithm:
+    """Add ``algo`` to the registry (replacing one of the same name) and return it."""
+    _ALGOS[algo.name] = algo
+    return algo
+
+
+def _load_ref(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plug-in must not break the harness
+            log.warning("could not load algorithm entry point %r (%s): %s", ep.name, ep.value, exc)
+            continue
+        if not isinstance(obj, Algorithm):
+            log.warning("entry point %r (%s) is not a pwm_bench Algorithm; ignored", ep.name, ep.value)
+            continue
+        _ALGOS.setdefault(obj.name, obj)
+
+
+def reload_entry_points() -> None:
+    """Forget loaded entry points so the next lookup scans installed packages again."""
+    global _ENTRY_POINTS_LOADED
+    _ENTRY_POINTS_LOADED = False
+
+
+def algorithm_names() -> list[str]:
+    """Names of all available algorithms (built-in, registered and from entry points)."""
+    _load_entry_points()
+    return sorted(set(_BUILTIN) | set(_ALGOS))
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """The algorithm called ``name``; raises :class:`UsageError` naming the valid choices."""
+    if name in _ALGOS:
+        return _ALGOS[name]
+    if name in _BUILTIN:
+        return register_algorithm(_load_ref(_BUILTIN[name]))
+    _load_entry_points()
+    if name in _ALGOS:
+        return _ALGOS[name]
+    raise unknown_choice("algorithm", name, algorithm_names())
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Algorithm",
+    "Policy",
+    "algorithm_names",
+    "get_algorithm",
+    "register_algorithm",
+    "reload_entry_points",
+]

@@ -1,0 +1,293 @@
+"""The ``pwm-bench`` command line: run, list, results, show.
+
+Bad input (unknown names, bad ``--set`` values, missing CUDA) prints one line naming the valid
+choices and exits with code 2. ``run`` exits 0 when the run completed, 1 when it failed (NaN/inf)
+and 130 when it was interrupted (it can then be resumed with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pwm_bench.errors import UsageError
+
+app = typer.Typer(
+    name="pwm-bench",
+    help="Benchmark suite for policy learning with differentiable simulation and world models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _console():
+    from rich.console import Console
+
+    # Off a terminal rich assumes 80 columns; tables of runs need more to stay readable in logs.
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _setup_logging(fancy: bool) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if fancy:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("pwm_bench").setLevel(logging.INFO)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pwm-bench run --algo ppo --env gym:Pendulum-v1\n\n"
+        "  pwm-bench run --algo ppo --env pointmass --preset smoke --seed 3\n\n"
+        "  pwm-bench run --algo ppo --env gym:Pendulum-v1 --set lr=1e-3 --set hidden=[128,128]\n\n"
+        "  pwm-bench run --resume results/runs/gym-Pendulum-v1/ppo/20261121-101500-s0-ab12"
+    )
+)
+def run(
+    algo: Annotated[str | None, typer.Option(help="Algorithm name (see `pwm-bench list`).")] = None,
+    env: Annotated[
+        str | None, typer.Option(help="Environment name, or gym:<id> for a gymnasium env.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [default: 0].")] = None,
+    preset: Annotated[str | None, typer.Option(help="smoke | cpu | paper [default: cpu].")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a config field, key=value (repeatable). Keys starting with 'env.' go to the env.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Results root; runs go to OUT/runs/<env>/<algo>/<run-id>.")
+    ] = Path("results"),
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue an interrupted run from its latest checkpoint.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a progress bar.")
+    ] = False,
+) -> None:
+    """Train one algorithm on one environment and record the run in the results store."""
+    from pwm_bench.config import parse_set_options
+    from pwm_bench.progress import LogReporter, RichReporter
+    from pwm_bench.runner import RunRequest, execute
+
+    fancy = sys.stdout.isatty() and not quiet
+    _setup_logging(fancy)
+    reporter = RichReporter() if fancy else LogReporter()
+    try:
+        request = RunRequest(
+            algo=algo,
+            env=env,
+            seed=seed,
+            preset=preset,
+            device=device,
+            overrides=parse_set_options(set_ or []),
+            out=out,
+            resume=resume,
+            reporter=reporter,
+        )
+        result = execute(request)
+    except UsageError as exc:
+        reporter.stop()
+        raise _fail(str(exc)) from None
+    s = result.summary
+
+    def fmt(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1f}"
+
+    typer.echo(
+        f"{result.status}: eval return {fmt(s.get('final_eval_return'))} (best {fmt(s.get('best_eval_return'))}) "
+        f"after {s.get('env_steps', 0):,} env steps in {s.get('wall_time', 0.0):.0f} s -> {result.run_dir}"
+    )
+    if result.status == "failed":
+        typer.echo(f"error: {result.error}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    if result.status == "interrupted":
+        typer.echo(f"resume with: pwm-bench run --resume {result.run_dir}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command("list", epilog="Examples:\n\n  pwm-bench list\n\n  pwm-bench list --algo ppo --preset cpu")
+def list_(
+    algo: Annotated[
+        str | None, typer.Option(help="Show this algorithm's config fields with their values and help.")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Preset whose values --algo shows.")] = "cpu",
+    env: Annotated[str, typer.Option(help="Env whose preset values --algo shows.")] = "gym:Pendulum-v1",
+) -> None:
+    """List environments, algorithms and presets (or one algorithm's config with --algo)."""
+    from rich.table import Table
+
+    from pwm_bench.algos import algorithm_names, get_algorithm
+    from pwm_bench.config import PRESET_HELP, field_docs, to_dict
+    from pwm_bench.envs import list_envs
+
+    console = _console()
+    try:
+        if algo is not None:
+            spec = get_algorithm(algo)
+            cfg = spec.config.from_preset(preset, env)
+            docs = field_docs(spec.config)
+            table = Table(
+                title=f"{spec.name} config, preset '{preset}' on {env}  (override with --set key=value)"
+            )
+            for col in ("key", "value", "description"):
+                table.add_column(col)
+            for key, value in to_dict(cfg).items():
+                table.add_row(key, str(value), docs.get(key, ""))
+            console.print(table)
+            return
+        table = Table(show_header=True, box=None, pad_edge=False)
+        table.add_column("kind", style="bold")
+        table.add_column("name", style="cyan")
+        table.add_column("description")
+        for name, env_spec in sorted(list_envs().items()):
+            grads = " [differentiable]" if env_spec.differentiable else ""
+            table.add_row("env", name, env_spec.description + grads)
+        table.add_row(
+            "env", "gym:<id>", "any gymnasium continuous-control env, e.g. gym:Pendulum-v1 (no gradients)"
+        )
+        for name in algorithm_names():
+            spec = get_algorithm(name)
+            needs = " [needs simulator gradients]" if spec.requires_gradients else ""
+            table.add_row("algo", name, spec.description + needs)
+        for name, text in PRESET_HELP.items():
+            table.add_row("preset", name, text)
+        console.print(table)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command(
+    epilog="Examples:\n\n  pwm-bench results\n\n  pwm-bench results --out results --csv runs.csv",
+)
+def results(
+    out: Annotated[Path, typer.Option(help="Results root to index.")] = Path("results"),
+    csv: Annotated[Path | None, typer.Option(help="Also write the table to this CSV file.")] = None,
+) -> None:
+    """Table of all runs: env, algo, seed, preset, status, env steps, wall time, final/best eval return."""
+    from rich.table import Table
+
+    from pwm_bench.store import atomic_write_text, runs_table
+
+    df = runs_table(out)
+    if csv is not None:
+        atomic_write_text(csv, df.to_csv(index=False))
+    if df.empty:
+        typer.echo(f"no runs under {out / 'runs'}")
+        return
+    df = df.sort_values(["env", "algo", "seed", "run_id"])
+    table = Table(title=f"{len(df)} run(s) under {out / 'runs'}")
+    cols = [
+        "env",
+        "algo",
+        "seed",
+        "preset",
+        "status",
+        "env_steps",
+        "wall_time",
+        "final_eval_return",
+        "best_eval_return",
+    ]
+    for c in cols:
+        table.add_column(
+            c.replace("_", " "), justify="right" if c not in ("env", "algo", "preset", "status") else "left"
+        )
+    table.add_column("run id")
+
+    def cell(c: str, v: object) -> str:
+        if v is None or v != v:  # None or NaN
+            return "—"
+        if c == "wall_time":
+            return f"{float(v):.0f} s"
+        if c.endswith("return"):
+            return f"{float(v):.1f}"
+        if c in ("env_steps", "seed"):
+            return f"{int(v):,}" if c == "env_steps" else str(int(v))
+        return str(v)
+
+    for _, row in df.iterrows():
+        table.add_row(*[cell(c, row[c]) for c in cols], str(row["run_id"]))
+    _console().print(table)
+    if csv is not None:
+        typer.echo(f"wrote {csv}")
+
+
+@app.command(epilog="Example:\n\n  pwm-bench show results/runs/gym-Pendulum-v1/ppo/20261121-101500-s0-ab12")
+def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+    """One run's config and summary."""
+    from rich.table import Table
+
+    from pwm_bench.store import read_config, read_summary
+
+    cfg = read_config(run_dir)
+    if not cfg:
+        raise _fail(f"{run_dir} is not a run folder (no config.yaml)")
+    summary = read_summary(run_dir)
+    console = _console()
+    head = Table(title=str(run_dir), show_header=False)
+    head.add_column("key", style="bold")
+    head.add_column("value")
+    for key in ("algo", "env", "seed", "preset", "created_at", "git_commit"):
+        head.add_row(key, str(cfg.get(key)))
+    head.add_row("device", f"{summary.get('device', '?')} (requested {cfg.get('device')})")
+    for key in (
+        "status",
+        "env_steps",
+        "total_steps",
+        "wall_time",
+        "final_eval_return",
+        "best_eval_return",
+        "resumes",
+    ):
+        if key in summary:
+            head.add_row(key, str(summary[key]))
+    if summary.get("error"):
+        head.add_row("error", summary["error"])
+    console.print(head)
+    for section in ("algo_config", "env_config"):
+        values = cfg.get(section) or {}
+        if values:
+            t = Table(title=section.replace("_", " "), show_header=False)
+            t.add_column("key", style="cyan")
+            t.add_column("value")
+            for k, v in values.items():
+                t.add_row(k, str(v))
+            console.print(t)
+    versions = summary.get("versions") or {}
+    if versions:
+        console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

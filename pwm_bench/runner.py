@@ -1,0 +1,243 @@
+"""Execute one training run: resolve names and config, build envs, train, record the outcome.
+
+This is what ``pwm-bench run`` calls, and what sweeps and tests call in-process::
+
+    from pwm_bench.runner import RunRequest, execute
+    result = execute(RunRequest(algo="ppo", env="gym:Pendulum-v1", preset="smoke"))
+    result.status, result.run_dir, result.summary["final_eval_return"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pwm_bench.algos import Algorithm, Policy, get_algorithm
+from pwm_bench.config import PRESETS, apply_overrides, from_dict, to_dict
+from pwm_bench.envs import env_spec, make_env
+from pwm_bench.errors import NonFiniteError, RunInterrupted, UsageError, unknown_choice
+from pwm_bench.progress import Reporter
+from pwm_bench.run import Run, git_commit, seed_everything
+from pwm_bench.store import DEFAULT_ROOT, env_dirname, read_config, read_summary, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRESET = "cpu"
+ENV_KEY_PREFIX = "env."
+"""Overrides whose key starts with this go to the environment's config, the rest to the algorithm's."""
+
+
+@dataclasses.dataclass
+class RunRequest:
+    """What to run. ``None`` fields take defaults (or, when resuming, the stored values)."""
+
+    algo: str | None = None
+    env: str | None = None
+    seed: int | None = None
+    preset: str | None = None
+    device: str = "auto"
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    out: Path = DEFAULT_ROOT
+    resume: Path | None = None
+    reporter: Reporter | None = None
+    run_id: str | None = None
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Outcome of :func:`execute`."""
+
+    run_dir: Path
+    status: str
+    summary: dict[str, Any]
+    policy: Policy | None = None
+    error: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; ``cuda`` without CUDA raises :class:`UsageError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            build = (
+                "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            )
+            raise UsageError(
+                f"--device {name}: CUDA is not available (torch {torch.__version__}, {build}); use --device cpu or auto"
+            )
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    raise unknown_choice("device", name, ["auto", "cpu", "cuda", "cuda:<index>"])
+
+
+def _split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    algo_ov = {k: v for k, v in overrides.items() if not k.startswith(ENV_KEY_PREFIX)}
+    env_ov = {k[len(ENV_KEY_PREFIX) :]: v for k, v in overrides.items() if k.startswith(ENV_KEY_PREFIX)}
+    return algo_ov, env_ov
+
+
+def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path]:
+    """Algorithm, algo config, env config, config record and run folder for ``req``."""
+    if req.resume is not None:
+        run_dir = Path(req.resume)
+        record = read_config(run_dir)
+        if not record:
+            raise UsageError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+        for field, given in (
+            ("algo", req.algo),
+            ("env", req.env),
+            ("seed", req.seed),
+            ("preset", req.preset),
+        ):
+            if given is not None and given != record.get(field):
+                raise UsageError(
+                    f"--resume: the run has {field} {record.get(field)!r}; cannot change it to {given!r}"
+                )
+        if req.overrides:
+            raise UsageError("--resume: --set cannot change a stored run's config; start a new run instead")
+        status = read_summary(run_dir).get("status")
+        if status == "completed":
+            raise UsageError(f"--resume {run_dir}: the run already completed; nothing to resume")
+        algo = get_algorithm(record["algo"])
+        cfg = from_dict(algo.config, record["algo_config"])
+        env_cfg = from_dict(env_spec(record["env"]).config, record.get("env_config") or {})
+        return algo, cfg, env_cfg, record, run_dir
+
+    if req.algo is None or req.env is None:
+        raise UsageError("--algo and --env are required (or --resume RUN_DIR)")
+    algo = get_algorithm(req.algo)
+    spec = env_spec(req.env)
+    preset = req.preset or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise unknown_choice("preset", preset, PRESETS)
+    seed = 0 if req.seed is None else req.seed
+    if seed < 0:
+        raise UsageError(f"--seed must be non-negative, got {seed}")
+    algo_ov, env_ov = _split_overrides(req.overrides)
+    cfg = apply_overrides(algo.config.from_preset(preset, req.env), algo_ov, what=f"{algo.name} config key")
+    cfg.validate()
+    env_cfg = apply_overrides(spec.config(), env_ov, what=f"'{req.env}' env option")
+    if algo.requires_gradients and not spec.differentiable:
+        raise UsageError(f"algorithm '{algo.name}' needs simulator gradients; env '{req.env}' has none")
+    run_id = req.run_id or f"{datetime.now():%Y%m%d-%H%M%S}-s{seed}-{secrets.token_hex(2)}"
+    run_dir = Path(req.out) / "runs" / env_dirname(req.env) / algo.name / run_id
+    if run_dir.exists():
+        raise UsageError(f"run folder {run_dir} already exists")
+    record = {
+        "algo": algo.name,
+        "env": req.env,
+        "seed": seed,
+        "preset": preset,
+        "device": req.device,
+        "overrides": {k: str(v) for k, v in req.overrides.items()},
+        "algo_config": to_dict(cfg),
+        "env_config": to_dict(env_cfg),
+        "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+    }
+    return algo, cfg, env_cfg, record, run_dir
+
+
+@contextmanager
+def _stop_on_signals(run: Run) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the run to checkpoint and stop; a second SIGINT aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if run.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning(
+            "%s received: saving a checkpoint after this iteration, then stopping (Ctrl-C again to abort)",
+            signal.Signals(signum).name,
+        )
+        run.request_stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+
+def execute(req: RunRequest) -> RunResult:
+    """Run (or resume) one training run and record it in the results store.
+
+    Returns a :class:`RunResult` whose ``status`` is ``completed``, ``interrupted`` or ``failed``
+    (NaN/inf). Bad input raises :class:`UsageError` before anything is written. Unexpected errors
+    mark the run ``failed`` and propagate.
+    """
+    algo, cfg, env_cfg, record, run_dir = _resolve(req)
+    device = resolve_device(req.device if req.resume is None or req.device != "auto" else record["device"])
+    seed = int(record["seed"])
+    seed_everything(seed)
+    env_kwargs = dataclasses.asdict(env_cfg)
+    env = make_env(record["env"], cfg.num_envs, device, algo.requires_gradients, **env_kwargs)
+    eval_env = make_env(record["env"], cfg.eval_episodes, device, False, **env_kwargs)
+    reporter = req.reporter or Reporter()
+    run = Run(
+        run_dir, cfg=cfg, config_record=record, seed=seed, device=device, eval_env=eval_env, reporter=reporter
+    )
+    if req.resume is not None:
+        removed = remove_stale_temporaries(run_dir)
+        if removed:
+            log.info("removed %d partial file(s) left by the previous process", removed)
+        latest = run_dir / "checkpoints" / "latest.pt"
+        if latest.exists():
+            run.load_checkpoint(latest)
+            log.info("resuming %s from env step %d", run_dir, run.env_steps)
+        else:
+            log.info("no checkpoint in %s; starting it from the beginning", run_dir)
+    run.start()
+    title = f"{algo.name} · {record['env']} · seed {seed}"
+    reporter.start(title, cfg.total_steps, run.env_steps)
+    log.info("run folder: %s", run_dir)
+    status, error, policy = "failed", None, None
+    try:
+        with _stop_on_signals(run):
+            policy = algo.train(env, cfg, run)
+            run.finish(policy)
+        status = "completed"
+    except RunInterrupted as exc:
+        status = "interrupted"
+        log.warning("run interrupted (%s); resume with: pwm-bench run --resume %s", exc, run_dir)
+    except KeyboardInterrupt:
+        status, error = (
+            "interrupted",
+            "aborted by a second Ctrl-C; metrics up to the last checkpoint are kept",
+        )
+        log.warning("%s", error)
+    except NonFiniteError as exc:
+        status, error = "failed", str(exc)
+        log.error("run failed: %s", exc)
+    except Exception as exc:
+        run.write_metrics()
+        run.write_summary("failed", error=f"{type(exc).__name__}: {exc}")
+        reporter.stop()
+        raise
+    finally:
+        env.close()
+        eval_env.close()
+    reporter.stop()
+    if status != "completed":
+        if status == "failed":
+            run.write_metrics()  # keep every completed iteration, not only the checkpointed ones
+        run.write_summary(status, error=error)
+    return RunResult(run_dir, status, read_summary(run_dir), policy, error)

@@ -1,0 +1,191 @@
+"""The results store: atomic file writes, the run-folder layout and the index over all runs.
+
+Layout::
+
+    <root>/runs/<env>/<algo>/<run-id>/
+        config.yaml     resolved configuration (algorithm, env, seed, preset, device, all fields)
+        metrics.csv     one row per training iteration, the design's metric names as columns
+        summary.json    status, final/best eval return, env steps, wall time, versions, commit
+        checkpoints/    latest.pt and best.pt
+
+Every file is written to a temporary file in the same folder, flushed to disk and renamed over the
+target, so a reader (or a run killed with SIGKILL) never sees a truncated file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+DEFAULT_ROOT = Path("results")
+"""Default results root, relative to the working directory."""
+
+STATUSES = ("running", "completed", "interrupted", "failed")
+"""Values of ``summary.json["status"]``; the index adds ``died`` for a running status whose
+process is gone."""
+
+_TMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_yaml(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as block-style YAML to ``path`` atomically."""
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def atomic_save(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], None]) -> None:
+    """Atomically write a binary file whose content ``writer(fh)`` produces (e.g. ``torch.save``)."""
+    with atomic_open(path, "wb") as fh:
+        writer(fh)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete temporary files that a killed writer left in ``folder`` (recursively).
+
+    Returns the number of files removed.
+    """
+    removed = 0
+    for tmp in Path(folder).rglob(f".*{_TMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
+def env_dirname(env: str) -> str:
+    """Folder name of an environment: ``gym:Pendulum-v1`` -> ``gym-Pendulum-v1``."""
+    return env.replace(":", "-").replace("/", "-")
+
+
+def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``summary.json`` of a run (empty dict if missing), with a ``running`` status whose process
+    is gone on this host reported as ``died``."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return {}
+    summary = json.loads(path.read_text())
+    if summary.get("status") == "running" and not _process_alive(summary):
+        summary["status"] = "died"
+    return summary
+
+
+def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``config.yaml`` of a run as a dict (empty dict if missing)."""
+    path = Path(run_dir) / "config.yaml"
+    return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+
+
+def _process_alive(summary: dict[str, Any]) -> bool:
+    pid, host = summary.get("pid"), summary.get("host")
+    if pid is None or host != socket.gethostname():
+        return True  # cannot tell from here; trust the file
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def iter_run_dirs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Iterator[Path]:
+    """Every run folder under ``<root>/runs`` (those holding a ``config.yaml``), sorted."""
+    runs = Path(root) / "runs"
+    if not runs.is_dir():
+        return
+    yield from sorted(p.parent for p in runs.glob("*/*/*/config.yaml"))
+
+
+INDEX_COLUMNS = (
+    "env",
+    "algo",
+    "seed",
+    "preset",
+    "status",
+    "env_steps",
+    "wall_time",
+    "final_eval_return",
+    "best_eval_return",
+    "device",
+    "run_id",
+    "path",
+)
+
+
+def runs_table(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Any:
+    """Index of all runs under ``root`` as a pandas DataFrame, one row per run.
+
+    Columns: :data:`INDEX_COLUMNS` (``wall_time`` in seconds; returns are undiscounted episode
+    returns of the deterministic policy).
+    """
+    import pandas as pd
+
+    rows = []
+    for run_dir in iter_run_dirs(root):
+        cfg, summary = read_config(run_dir), read_summary(run_dir)
+        rows.append(
+            {
+                "env": cfg.get("env"),
+                "algo": cfg.get("algo"),
+                "seed": cfg.get("seed"),
+                "preset": cfg.get("preset"),
+                "status": summary.get("status", "unknown"),
+                "env_steps": summary.get("env_steps"),
+                "wall_time": summary.get("wall_time"),
+                "final_eval_return": summary.get("final_eval_return"),
+                "best_eval_return": summary.get("best_eval_return"),
+                "device": summary.get("device", cfg.get("device")),
+                "run_id": run_dir.name,
+                "path": str(run_dir),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+
+
+def load_metrics(run_dir: str | os.PathLike[str]) -> Any:
+    """``metrics.csv`` of one run as a pandas DataFrame (empty if the run logged nothing yet)."""
+    import pandas as pd
+
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    return pd.read_csv(path)
