@@ -162,7 +162,7 @@ class ActorCritic(nn.Module):
 
     def dist(self, obs: torch.Tensor) -> torch.distributions.Normal:
         """Action distribution for normalised observations ``(..., O)``."""
-        return torch.distributions.Normal(self.actor(obs), self.log_std.exp().expand(obs.shape[:-1] + (-1,)))
+        return torch.distributions.Normal(self.actor(obs), self.log_std.exp().expand((*obs.shape[:-1], -1)))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """Value prediction ``(...,)`` (in normalised units when value normalisation is on)."""

@@ -58,9 +58,7 @@ class GymVecEnv(VecEnv):
         max_steps = probe.spec.max_episode_steps if probe.spec else spec.max_episode_steps
         probe.close()
         if not isinstance(act_space, gym.spaces.Box):
-            raise UsageError(
-                f"gym:{env_id} has {type(act_space).__name__} actions; only continuous Box is supported"
-            )
+            raise UsageError(f"gym:{env_id} has {type(act_space).__name__} actions; only continuous Box is supported")
         if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
             raise UsageError(f"gym:{env_id} has unbounded actions; cannot map [-1, 1] onto them")
         self._vec = SyncVectorEnv(
@@ -81,17 +79,13 @@ class GymVecEnv(VecEnv):
         )
 
     def _obs(self, obs: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(
-            np.asarray(obs, dtype=np.float32).reshape(self.num_envs, -1), device=self.device
-        )
+        return torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(self.num_envs, -1), device=self.device)
 
     def _reset(self, seed: int | None) -> torch.Tensor:
         obs, _ = self._vec.reset(seed=seed)
         return self._obs(obs)
 
-    def _step(
-        self, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         a = actions.detach().cpu().numpy().astype(np.float64)
         scaled = self._low + (a + 1.0) * 0.5 * (self._high - self._low)
         obs, rew, term, trunc, info = self._vec.step(scaled.reshape((self.num_envs, *self._act_shape)))

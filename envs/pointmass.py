@@ -82,9 +82,7 @@ class PointMassEnv(VecEnv):
         self.t.zero_()
         return torch.cat([self.pos, self.vel], dim=-1)
 
-    def _step(
-        self, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    def _step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         c = self.cfg
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             vel = (1.0 - c.damping * c.dt) * self.vel + c.dt * c.max_force * actions / c.mass

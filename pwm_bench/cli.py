@@ -68,9 +68,7 @@ def _setup_logging(fancy: bool) -> None:
 )
 def run(
     algo: Annotated[str | None, typer.Option(help="Algorithm name (see `pwm-bench list`).")] = None,
-    env: Annotated[
-        str | None, typer.Option(help="Environment name, or gym:<id> for a gymnasium env.")
-    ] = None,
+    env: Annotated[str | None, typer.Option(help="Environment name, or gym:<id> for a gymnasium env.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [default: 0].")] = None,
     preset: Annotated[str | None, typer.Option(help="smoke | cpu | paper [default: cpu].")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
@@ -81,15 +79,11 @@ def run(
             help="Override a config field, key=value (repeatable). Keys starting with 'env.' go to the env.",
         ),
     ] = None,
-    out: Annotated[
-        Path, typer.Option(help="Results root; runs go to OUT/runs/<env>/<algo>/<run-id>.")
-    ] = Path("results"),
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue an interrupted run from its latest checkpoint.")
-    ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a progress bar.")
-    ] = False,
+    out: Annotated[Path, typer.Option(help="Results root; runs go to OUT/runs/<env>/<algo>/<run-id>.")] = Path(
+        "results"
+    ),
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its latest checkpoint.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a progress bar.")] = False,
 ) -> None:
     """Train one algorithm on one environment and record the run in the results store."""
     from pwm_bench.config import parse_set_options
@@ -153,9 +147,7 @@ def list_(
             spec = get_algorithm(algo)
             cfg = spec.config.from_preset(preset, env)
             docs = field_docs(spec.config)
-            table = Table(
-                title=f"{spec.name} config, preset '{preset}' on {env}  (override with --set key=value)"
-            )
+            table = Table(title=f"{spec.name} config, preset '{preset}' on {env}  (override with --set key=value)")
             for col in ("key", "value", "description"):
                 table.add_column(col)
             for key, value in to_dict(cfg).items():
@@ -169,9 +161,7 @@ def list_(
         for name, env_spec in sorted(list_envs().items()):
             grads = " [differentiable]" if env_spec.differentiable else ""
             table.add_row("env", name, env_spec.description + grads)
-        table.add_row(
-            "env", "gym:<id>", "any gymnasium continuous-control env, e.g. gym:Pendulum-v1 (no gradients)"
-        )
+        table.add_row("env", "gym:<id>", "any gymnasium continuous-control env, e.g. gym:Pendulum-v1 (no gradients)")
         for name in algorithm_names():
             spec = get_algorithm(name)
             needs = " [needs simulator gradients]" if spec.requires_gradients else ""

@@ -14,6 +14,7 @@ and checked against the field's annotated type, and bad keys or values raise :cl
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -280,7 +281,7 @@ def field_docs(cls: type) -> dict[str, str]:
         except (OSError, TypeError, SyntaxError):
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for prev, node in zip(body, body[1:], strict=False):
+        for prev, node in itertools.pairwise(body):
             if (
                 isinstance(prev, ast.AnnAssign)
                 and isinstance(prev.target, ast.Name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +26,7 @@ def mlp(
     """
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden]
-    for a, b in zip(dims[:-1], dims[1:], strict=True):
+    for a, b in itertools.pairwise(dims):
         lin = nn.Linear(a, b)
         nn.init.orthogonal_(lin.weight, gain=2**0.5)
         nn.init.zeros_(lin.bias)

@@ -31,7 +31,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,9 +131,7 @@ def evaluate(policy: Policy, env: VecEnv, seed: int, max_steps: int | None = Non
         if bool(finished.all()):
             break
     else:
-        log.warning(
-            "evaluation stopped after %d steps with %d/%d episodes unfinished", cap, int((~finished).sum()), n
-        )
+        log.warning("evaluation stopped after %d steps with %d/%d episodes unfinished", cap, int((~finished).sum()), n)
         live = ~finished
         returns[live] = info["episode"]["r"].cpu().double()[live]
         lengths[live] = info["episode"]["l"].cpu().double()[live]
@@ -146,10 +144,8 @@ def package_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for pkg in ("pwm-bench", "torch", "warp-lang", "newton", "numpy", "gymnasium"):
-        try:
+        with suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -379,11 +375,7 @@ class Run:
         torch.save(ckpt, buf)
         data = buf.getvalue()
         atomic_save(self.ckpt_dir / "latest.pt", lambda fh: fh.write(data))
-        if (
-            self.last_eval
-            and self.last_eval[0] == self.env_steps
-            and self.last_eval[1] == self.best_eval_return
-        ):
+        if self.last_eval and self.last_eval[0] == self.env_steps and self.last_eval[1] == self.best_eval_return:
             atomic_save(self.ckpt_dir / "best.pt", lambda fh: fh.write(data))
         self.write_metrics()
         self.write_summary("running")
@@ -391,11 +383,7 @@ class Run:
     def finish(self, policy: Policy) -> None:
         """End a completed run: final evaluation if none at this step, checkpoint, summary."""
         if not self._evaluated_now() and self.eval_env is not None:
-            row = (
-                self.rows[-1]
-                if self.rows
-                else {"env_steps": float(self.env_steps), "wall_time": self.wall_time}
-            )
+            row = self.rows[-1] if self.rows else {"env_steps": float(self.env_steps), "wall_time": self.wall_time}
             self._evaluate(policy, row)
             if not self.rows:
                 self.rows.append(row)
@@ -405,9 +393,7 @@ class Run:
     def write_metrics(self) -> None:
         """Rewrite ``metrics.csv`` atomically from the completed rows."""
         extra = sorted({k for r in self.rows for k in r} - set(METRIC_NAMES))
-        columns = [
-            c for c in METRIC_NAMES if any(c in r for r in self.rows) or c in ("env_steps", "wall_time")
-        ]
+        columns = [c for c in METRIC_NAMES if any(c in r for r in self.rows) or c in ("env_steps", "wall_time")]
         columns += extra
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

@@ -72,9 +72,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            build = (
-                "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            )
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
             raise UsageError(
                 f"--device {name}: CUDA is not available (torch {torch.__version__}, {build}); use --device cpu or auto"
             )
@@ -105,9 +103,7 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
             ("preset", req.preset),
         ):
             if given is not None and given != record.get(field):
-                raise UsageError(
-                    f"--resume: the run has {field} {record.get(field)!r}; cannot change it to {given!r}"
-                )
+                raise UsageError(f"--resume: the run has {field} {record.get(field)!r}; cannot change it to {given!r}")
         if req.overrides:
             raise UsageError("--resume: --set cannot change a stored run's config; start a new run instead")
         status = read_summary(run_dir).get("status")
@@ -192,9 +188,7 @@ def execute(req: RunRequest) -> RunResult:
     env = make_env(record["env"], cfg.num_envs, device, algo.requires_gradients, **env_kwargs)
     eval_env = make_env(record["env"], cfg.eval_episodes, device, False, **env_kwargs)
     reporter = req.reporter or Reporter()
-    run = Run(
-        run_dir, cfg=cfg, config_record=record, seed=seed, device=device, eval_env=eval_env, reporter=reporter
-    )
+    run = Run(run_dir, cfg=cfg, config_record=record, seed=seed, device=device, eval_env=eval_env, reporter=reporter)
     if req.resume is not None:
         removed = remove_stale_temporaries(run_dir)
         if removed:
