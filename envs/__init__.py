@@ -91,7 +91,9 @@ def make_env(
 
     spec = env_spec(name)
     cfg = apply_overrides(spec.config(), overrides, what=f"'{name}' env option")
-    return spec.factory(num_envs, device, differentiable, cfg)
+    env = spec.factory(num_envs, device, differentiable, cfg)
+    env.name = name  # the registered name, also for subclasses registered under another one
+    return env
 
 
 _BUILTINS_DONE = False

@@ -1,0 +1,73 @@
+"""The command line as a user meets it: help, listing, runs, tables and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import cli
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--algo", "ppp", "--env", "pointmass"], "unknown algorithm 'ppp'; did you mean 'ppo'?"),
+        (["--algo", "ppo", "--env", "pointmas"], "unknown env 'pointmas'; did you mean 'pointmass'?"),
+        (["--algo", "ppo", "--env", "pointmass", "--preset", "smok"], "unknown preset 'smok'; did you mean 'smoke'?"),
+        (["--algo", "ppo", "--env", "pointmass", "--set", "lrr=1"], "unknown ppo config key 'lrr'; did you mean 'lr'?"),
+        (["--algo", "ppo", "--env", "pointmass", "--set", "lr=fast"], "ppo config key 'lr': expected float"),
+        (["--algo", "ppo", "--env", "pointmass", "--set", "env.dtt=1"], "did you mean 'dt'?"),
+        (["--algo", "ppo", "--env", "pointmass", "--set", "lr"], "--set expects key=value"),
+        (["--algo", "ppo", "--env", "pointmass", "--device", "cuda"], "CUDA is not available"),
+        (["--algo", "ppo", "--env", "pointmass", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--algo", "ppo", "--env", "gym:CartPole-v1"], "only continuous Box"),
+        (["--env", "pointmass"], "--algo and --env are required"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str], message: str, out: Path) -> None:
+    res = cli("run", *args, "--out", str(out))
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert message in lines[0]
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not (out / "runs").exists()  # nothing written for bad input
+
+
+def test_help_has_examples() -> None:
+    for cmd in ("run", "list", "results", "show"):
+        res = cli(cmd, "--help")
+        assert res.returncode == 0 and "Example" in res.stdout, cmd
+
+
+def test_list_names_envs_algorithms_presets() -> None:
+    res = cli("list")
+    assert res.returncode == 0
+    for word in ("pointmass", "gym:<id>", "ppo", "smoke", "cpu", "paper"):
+        assert word in res.stdout
+    res = cli("list", "--algo", "ppo", "--preset", "smoke")
+    assert res.returncode == 0 and "rollout_steps" in res.stdout and "GAE" in res.stdout
+
+
+def test_run_results_show(out: Path, tmp_path: Path) -> None:
+    res = cli("run", "--algo", "ppo", "--env", "pointmass", "--preset", "smoke", "--seed", "2", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("completed: eval return")
+    assert "steps 4.10k/4.10k" in res.stderr  # plain progress lines off a terminal
+    run_dir = next((out / "runs" / "pointmass" / "ppo").iterdir())
+
+    table = cli("results", "--out", str(out), "--csv", str(tmp_path / "runs.csv"))
+    assert table.returncode == 0 and "pointmass" in table.stdout and "completed" in table.stdout
+    assert (tmp_path / "runs.csv").read_text().startswith("env,algo,seed,preset,status")
+
+    shown = cli("show", str(run_dir))
+    assert shown.returncode == 0 and "rollout_steps" in shown.stdout and "completed" in shown.stdout
+
+    bad = cli("show", str(tmp_path))
+    assert bad.returncode == 2 and "not a run folder" in bad.stderr
+
+
+def test_results_on_empty_store(out: Path) -> None:
+    res = cli("results", "--out", str(out))
+    assert res.returncode == 0 and "no runs under" in res.stdout
