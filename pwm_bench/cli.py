@@ -183,7 +183,7 @@ def results(
     """Table of all runs: env, algo, seed, preset, status, env steps, wall time, final/best eval return."""
     from rich.table import Table
 
-    from pwm_bench.store import atomic_write_text, runs_table
+    from pwm_bench.store import TABLE_COLUMNS, atomic_write_text, runs_table
 
     df = runs_table(out)
     if csv is not None:
@@ -193,17 +193,7 @@ def results(
         return
     df = df.sort_values(["env", "algo", "seed", "run_id"])
     table = Table(title=f"{len(df)} run(s) under {out / 'runs'}")
-    cols = [
-        "env",
-        "algo",
-        "seed",
-        "preset",
-        "status",
-        "env_steps",
-        "wall_time",
-        "final_eval_return",
-        "best_eval_return",
-    ]
+    cols = list(TABLE_COLUMNS)
     for c in cols:
         table.add_column(
             c.replace("_", " "), justify="right" if c not in ("env", "algo", "preset", "status") else "left"

@@ -221,6 +221,7 @@ class Run:
         self._stop_requested = False
         self._restored: dict[str, Any] | None = None
         self._state_fn: Callable[[], dict[str, Any]] = dict
+        self._checkpointed_at: int | None = None
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     # -- algorithm-facing -----------------------------------------------------------------------------
@@ -377,17 +378,21 @@ class Run:
         atomic_save(self.ckpt_dir / "latest.pt", lambda fh: fh.write(data))
         if self.last_eval and self.last_eval[0] == self.env_steps and self.last_eval[1] == self.best_eval_return:
             atomic_save(self.ckpt_dir / "best.pt", lambda fh: fh.write(data))
+        self._checkpointed_at = self.env_steps
         self.write_metrics()
         self.write_summary("running")
 
     def finish(self, policy: Policy) -> None:
         """End a completed run: final evaluation if none at this step, checkpoint, summary."""
+        evaluated = False
         if not self._evaluated_now() and self.eval_env is not None:
             row = self.rows[-1] if self.rows else {"env_steps": float(self.env_steps), "wall_time": self.wall_time}
             self._evaluate(policy, row)
             if not self.rows:
                 self.rows.append(row)
-        self.checkpoint(self._state_fn)
+            evaluated = True
+        if evaluated or self._checkpointed_at != self.env_steps:
+            self.checkpoint(self._state_fn)
         self.write_summary("completed")
 
     def write_metrics(self) -> None:

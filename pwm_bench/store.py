@@ -135,7 +135,7 @@ def iter_run_dirs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Iterator[Path]
     yield from sorted(p.parent for p in runs.glob("*/*/*/config.yaml"))
 
 
-INDEX_COLUMNS = (
+TABLE_COLUMNS = (
     "env",
     "algo",
     "seed",
@@ -145,10 +145,11 @@ INDEX_COLUMNS = (
     "wall_time",
     "final_eval_return",
     "best_eval_return",
-    "device",
-    "run_id",
-    "path",
 )
+"""Columns of the index that ``pwm-bench results`` shows."""
+
+INDEX_COLUMNS = (*TABLE_COLUMNS, "device", "run_id", "path")
+"""All columns of :func:`runs_table`."""
 
 
 def runs_table(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Any:
