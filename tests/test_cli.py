@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
+
+from pwm_bench.store import atomic_write_yaml, read_summary
 
 from .conftest import cli
 
@@ -71,3 +78,30 @@ def test_run_results_show(out: Path, tmp_path: Path) -> None:
 def test_results_on_empty_store(out: Path) -> None:
     res = cli("results", "--out", str(out))
     assert res.returncode == 0 and "no runs under" in res.stdout
+
+
+def test_sigterm_exits_130_and_cli_resume_completes(out: Path) -> None:
+
+    cmd = [sys.executable, "-m", "pwm_bench", "run", "--algo", "ppo", "--env", "pointmass", "--out", str(out)]
+    cmd += ["--set", "total_steps=300000", "--set", "eval_every=1024", "--set", "num_envs=8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob("runs/*/*/*/checkpoints/latest.pt")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stdout.startswith("interrupted:") and "resume with: pwm-bench run --resume" in stderr
+    run_dir = next((out / "runs" / "pointmass" / "ppo").iterdir())
+    assert read_summary(run_dir)["status"] == "interrupted"
+
+    # shorten the remaining budget so the resumed part takes seconds
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    steps = read_summary(run_dir)["env_steps"]
+    cfg["algo_config"]["total_steps"] = steps + 4096
+    atomic_write_yaml(run_dir / "config.yaml", cfg)
+    res = cli("run", "--resume", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and summary["resumes"] == 1
+    assert summary["env_steps"] == steps + 4096
