@@ -81,7 +81,6 @@ def test_results_on_empty_store(out: Path) -> None:
 
 
 def test_sigterm_exits_130_and_cli_resume_completes(out: Path) -> None:
-
     cmd = [sys.executable, "-m", "pwm_bench", "run", "--algo", "ppo", "--env", "pointmass", "--out", str(out)]
     cmd += ["--set", "total_steps=300000", "--set", "eval_every=1024", "--set", "num_envs=8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
