@@ -21,6 +21,7 @@ from torch import nn
 from pwm_bench.algos import Algorithm
 from pwm_bench.config import TrainConfig
 from pwm_bench.envs.base import VecEnv
+from pwm_bench.errors import UsageError
 from pwm_bench.nn import RunningMeanStd, mlp
 from pwm_bench.run import Run
 
@@ -139,8 +140,6 @@ class PPOConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        from pwm_bench.errors import UsageError
-
         if self.minibatch_size > self.num_envs * self.rollout_steps:
             raise UsageError(
                 f"minibatch_size {self.minibatch_size} exceeds the rollout batch "

@@ -54,9 +54,6 @@ class Reporter:
         """Tear down (close the bar)."""
 
 
-NullReporter = Reporter
-
-
 class LogReporter(Reporter):
     """Plain log lines: one per evaluation and at most one every ``interval`` seconds otherwise."""
 

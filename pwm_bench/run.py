@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from pwm_bench.errors import NonFiniteError, RunInterrupted
-from pwm_bench.progress import NullReporter, Reporter
+from pwm_bench.progress import Reporter
 from pwm_bench.store import atomic_save, atomic_write_json, atomic_write_text, atomic_write_yaml
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "") if head else None
 
 
-def _to_float(name: str, value: Any) -> float:
+def _to_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         value = value.detach().float().item()
     return float(value)
@@ -202,7 +202,7 @@ class Run:
         self.seed = seed
         self.device = device
         self.eval_env = eval_env
-        self.reporter = reporter or NullReporter()
+        self.reporter = reporter or Reporter()
         self.config_record = config_record
         self.ckpt_dir = self.dir / "checkpoints"
 
@@ -272,7 +272,7 @@ class Run:
             NonFiniteError: a value is NaN or inf (the message names the metric and env step).
         """
         for name, value in metrics.items():
-            v = _to_float(name, value)
+            v = _to_float(value)
             if not math.isfinite(v):
                 raise NonFiniteError(f"non-finite value {v} in metric '{name}' at env step {self.env_steps}")
             self._pending[name] = v

@@ -5,7 +5,8 @@ Layout::
     <root>/runs/<env>/<algo>/<run-id>/
         config.yaml     resolved configuration (algorithm, env, seed, preset, device, all fields)
         metrics.csv     one row per training iteration, the design's metric names as columns
-        summary.json    status, final/best eval return, env steps, wall time, versions, commit
+        summary.json    status (running, completed, interrupted, failed), final/best eval return,
+                        env steps, wall time, versions, commit
         checkpoints/    latest.pt and best.pt
 
 Every file is written to a temporary file in the same folder, flushed to disk and renamed over the
@@ -27,10 +28,6 @@ import yaml
 
 DEFAULT_ROOT = Path("results")
 """Default results root, relative to the working directory."""
-
-STATUSES = ("running", "completed", "interrupted", "failed")
-"""Values of ``summary.json["status"]``; the index adds ``died`` for a running status whose
-process is gone."""
 
 _TMP_SUFFIX = ".tmp"
 

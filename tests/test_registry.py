@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -98,10 +97,3 @@ def test_broken_entry_point_is_reported_not_fatal(
         assert "could not load algorithm entry point 'broken'" in caplog.text
     finally:
         algos.reload_entry_points()
-
-
-def test_readme_example_is_complete() -> None:
-    module, _ = _readme_plugin()
-    compile(module, "README example", "exec")
-    assert "ALGORITHM = Algorithm(" in module
-    assert textwrap.dedent(module) == module

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from pwm_bench.errors import UsageError
 from pwm_bench.progress import Reporter
 from pwm_bench.run import NON_DETERMINISTIC_COLUMNS
 from pwm_bench.runner import RunRequest, execute
@@ -70,8 +71,6 @@ def test_interrupt_then_resume_matches_uninterrupted_budget(out: Path, sig: int)
 
 
 def test_resume_refuses_changes_and_completed_runs(out: Path) -> None:
-    from pwm_bench.errors import UsageError
-
     done = run_inprocess(out)
     with pytest.raises(UsageError, match="already completed"):
         execute(RunRequest(resume=done.run_dir))
