@@ -115,6 +115,26 @@ def _register_builtins() -> None:
             differentiable=True,
         )
     )
+    from pwm_bench.envs import locomotion as loco
+
+    warp_envs = [
+        ("hopper", loco.HopperEnv, loco.HopperConfig, "DiffRL hopper (obs 11, act 3), Warp/Newton, differentiable"),
+        ("ant", loco.AntEnv, loco.AntConfig, "DiffRL ant (obs 37, act 8), Warp/Newton, differentiable"),
+        ("humanoid", loco.HumanoidEnv, loco.HumanoidConfig,
+         "DiffRL humanoid (obs 76, act 21), Warp/Newton, differentiable"),
+        ("double_pendulum", loco.DoublePendulumEnv, loco.DoublePendulumConfig,
+         "cart double pendulum swing-up (obs 6, act 1), Warp/Newton, differentiable"),
+    ]
+    for name, cls, cfg_type, description in warp_envs:
+        register_env(
+            EnvSpec(
+                name,
+                lambda n, device, diff, cfg, cls=cls: cls(n, device, diff, cfg),
+                cfg_type,
+                description,
+                differentiable=True,
+            )
+        )
 
 
 __all__ = ["GYM_PREFIX", "EnvSpec", "VecEnv", "env_spec", "list_envs", "make_env", "register_env"]

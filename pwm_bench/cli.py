@@ -1,4 +1,4 @@
-"""The ``pwm-bench`` command line: run, list, results, show.
+"""The ``pwm-bench`` command line: run, list, results, show, bench-env.
 
 Bad input (unknown names, bad ``--set`` values, missing CUDA) prints one line naming the valid
 choices and exits with code 2. ``run`` exits 0 when the run completed, 1 when it failed (NaN/inf)
@@ -262,6 +262,59 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
     versions = summary.get("versions") or {}
     if versions:
         console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+
+
+@app.command(
+    "bench-env",
+    epilog="Examples:\n\n  pwm-bench bench-env --env hopper --num-envs 256\n\n"
+    "  pwm-bench bench-env --env ant --num-envs 256 --differentiable\n\n"
+    "  pwm-bench bench-env --env humanoid --num-envs 4096 --device cuda --differentiable",
+)
+def bench_env_cmd(
+    env: Annotated[str, typer.Option(help="Env name (see `pwm-bench list`).")] = "hopper",
+    num_envs: Annotated[int, typer.Option(help="Parallel worlds.")] = 256,
+    differentiable: Annotated[bool, typer.Option(help="Also time forward+backward windows.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    steps: Annotated[int, typer.Option(help="Timed forward control steps.")] = 50,
+    window: Annotated[int, typer.Option(help="Control steps per backward pass.")] = 8,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Env option key=value (e.g. contact_ke=1e5); repeatable.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Measure an env's control steps per second (summed over worlds), forward and forward+backward."""
+    import json
+
+    from pwm_bench.bench import bench_env
+    from pwm_bench.envs import env_spec
+    from pwm_bench.runner import resolve_device
+
+    _setup_logging(sys.stderr.isatty())
+    try:
+        env_spec(env)
+        dev = resolve_device(device)
+        if num_envs <= 0 or steps <= 0 or window <= 0:
+            raise UsageError("--num-envs, --steps and --window must be positive")
+        overrides: dict[str, str] = {}
+        for item in set_ or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"--set expects key=value, got {item!r}")
+            overrides[key.removeprefix("env.")] = value
+        if differentiable and not env_spec(env).differentiable:
+            raise UsageError(f"env '{env}' has no simulator gradients; drop --differentiable")
+        result = bench_env(env, num_envs, str(dev), differentiable=differentiable, steps=steps, window=window,
+                           **overrides)
+    except UsageError as e:
+        raise _fail(str(e)) from None
+    if json_out:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    line = f"{env} x{num_envs} on {result.device}: forward {result.forward_sps:,.0f} steps/s"
+    if result.forward_backward_sps is not None:
+        ratio = result.forward_backward_sps / result.forward_sps
+        line += f"; forward+backward {result.forward_backward_sps:,.0f} steps/s ({ratio:.2f} of forward)"
+    typer.echo(line)
 
 
 def main() -> None:
