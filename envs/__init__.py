@@ -120,10 +120,18 @@ def _register_builtins() -> None:
     warp_envs = [
         ("hopper", loco.HopperEnv, loco.HopperConfig, "DiffRL hopper (obs 11, act 3), Warp/Newton, differentiable"),
         ("ant", loco.AntEnv, loco.AntConfig, "DiffRL ant (obs 37, act 8), Warp/Newton, differentiable"),
-        ("humanoid", loco.HumanoidEnv, loco.HumanoidConfig,
-         "DiffRL humanoid (obs 76, act 21), Warp/Newton, differentiable"),
-        ("double_pendulum", loco.DoublePendulumEnv, loco.DoublePendulumConfig,
-         "cart double pendulum swing-up (obs 6, act 1), Warp/Newton, differentiable"),
+        (
+            "humanoid",
+            loco.HumanoidEnv,
+            loco.HumanoidConfig,
+            "DiffRL humanoid (obs 76, act 21), Warp/Newton, differentiable",
+        ),
+        (
+            "double_pendulum",
+            loco.DoublePendulumEnv,
+            loco.DoublePendulumConfig,
+            "cart double pendulum swing-up (obs 6, act 1), Warp/Newton, differentiable",
+        ),
     ]
     for name, cls, cfg_type, description in warp_envs:
         register_env(

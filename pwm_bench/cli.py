@@ -303,8 +303,9 @@ def bench_env_cmd(
             overrides[key.removeprefix("env.")] = value
         if differentiable and not env_spec(env).differentiable:
             raise UsageError(f"env '{env}' has no simulator gradients; drop --differentiable")
-        result = bench_env(env, num_envs, str(dev), differentiable=differentiable, steps=steps, window=window,
-                           **overrides)
+        result = bench_env(
+            env, num_envs, str(dev), differentiable=differentiable, steps=steps, window=window, **overrides
+        )
     except UsageError as e:
         raise _fail(str(e)) from None
     if json_out:
