@@ -38,7 +38,7 @@ import torch
 
 from pwm_bench.envs import robots
 from pwm_bench.envs.base import VecEnv
-from pwm_bench.envs.physics import ArticulatedSim, ContactParams, Robot
+from pwm_bench.envs.physics import ArticulatedSim, ContactParams, Robot, quat_rotate
 from pwm_bench.errors import UsageError
 
 
@@ -116,13 +116,6 @@ class DoublePendulumConfig(WarpEnvConfig):
     """Solver steps per control step of 1/60 s."""
     early_termination: bool = False
     """The double pendulum never terminates early."""
-
-
-def _quat_rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Rotate vectors ``v`` ``(..., 3)`` by unit quaternions ``q`` ``(..., 4)`` (xyzw)."""
-    xyz, w = q[..., :3], q[..., 3:]
-    t = 2.0 * torch.cross(xyz, v, dim=-1)
-    return v + w * t + torch.cross(xyz, t, dim=-1)
 
 
 def _quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -300,10 +293,10 @@ class WarpArticulationEnv(VecEnv):
         quat = q[:, 3:7]
         v_com = qd[:, 0:3]
         omega = qd[:, 3:6]
-        com = _quat_rotate(quat, self._torso_com.expand(q.shape[0], 3))
+        com = quat_rotate(quat, self._torso_com.expand(q.shape[0], 3))
         v_origin = v_com - torch.cross(omega, com, dim=-1)
-        up = _quat_rotate(quat, self._ez.expand(q.shape[0], 3))[:, 2]
-        heading = _quat_rotate(quat, self._ex.expand(q.shape[0], 3))
+        up = quat_rotate(quat, self._ez.expand(q.shape[0], 3))[:, 2]
+        heading = quat_rotate(quat, self._ex.expand(q.shape[0], 3))
         to_target = self._target - pos
         to_target = torch.cat([to_target[:, :2], torch.zeros_like(to_target[:, 2:])], dim=-1)
         target_dir = to_target / to_target.norm(dim=-1, keepdim=True).clamp_min(1e-9)
@@ -377,7 +370,53 @@ class HopperEnv(WarpArticulationEnv):
         return obs[:, 0] < -0.45
 
 
-class AntEnv(WarpArticulationEnv):
+class FloatingBaseEnv(WarpArticulationEnv):
+    """Ant and humanoid: a free-floating torso observed as DiffRL does.
+
+    Observation: ``[z, quat(4), v(3), ω(3), q_joints, 0.1 qd_joints, up_z, heading, last action]``.
+    """
+
+    target_x: float = 10000.0
+    """x of the heading target [m] (relative to the start position)."""
+
+    def __init__(
+        self,
+        name: str,
+        obs_dim: int,
+        num_envs: int,
+        device: Any,
+        differentiable: bool,
+        cfg: WarpEnvConfig,
+        start_joints: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(name, obs_dim, num_envs, device, differentiable, cfg)
+        self._init_root_constants(self.target_x)
+        self._start_joints = (
+            torch.zeros(self.nq - 7, device=self.device) if start_joints is None else start_joints.to(self.device)
+        )
+
+    def _initial_state(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._floating_init(n, self._start_joints)
+
+    def _observe(self, q: torch.Tensor, qd: torch.Tensor, last_action: torch.Tensor) -> torch.Tensor:
+        r = self._root_frame(q, qd)
+        return torch.cat(
+            [
+                r["pos"][:, 2:3],
+                r["quat"],
+                r["v"],
+                r["omega"],
+                q[:, 7:],
+                0.1 * qd[:, 6:],
+                r["up"].unsqueeze(-1),
+                r["heading"].unsqueeze(-1),
+                last_action,
+            ],
+            dim=-1,
+        )
+
+
+class AntEnv(FloatingBaseEnv):
     """DiffRL ant: obs 37, act 8 (200 N·m per unit). Reward ``vx + 0.1 up + heading + (z - 0.27)``.
 
     Observation: ``[z, quat(4), v(3), ω(3), q_joints(8), 0.1 qd_joints(8), up_z, heading, last action(8)]``.
@@ -387,33 +426,12 @@ class AntEnv(WarpArticulationEnv):
     def __init__(
         self, num_envs: int, device: Any = "cpu", differentiable: bool = False, cfg: AntConfig | None = None
     ) -> None:
-        super().__init__("ant", 37, num_envs, device, differentiable, cfg or AntConfig())
-        self._init_root_constants(10000.0)
-        self._start_joints = torch.tensor(robots.ANT_START_JOINTS, device=self.device)
+        start = torch.tensor(robots.ANT_START_JOINTS)
+        super().__init__("ant", 37, num_envs, device, differentiable, cfg or AntConfig(), start)
 
     @staticmethod
     def robot() -> Robot:
         return robots.ant()
-
-    def _initial_state(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._floating_init(n, self._start_joints)
-
-    def _observe(self, q: torch.Tensor, qd: torch.Tensor, last_action: torch.Tensor) -> torch.Tensor:
-        r = self._root_frame(q, qd)
-        return torch.cat(
-            [
-                r["pos"][:, 2:3],
-                r["quat"],
-                r["v"],
-                r["omega"],
-                q[:, 7:],
-                0.1 * qd[:, 6:],
-                r["up"].unsqueeze(-1),
-                r["heading"].unsqueeze(-1),
-                last_action,
-            ],
-            dim=-1,
-        )
 
     def _reward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return obs[:, 5] + 0.1 * obs[:, 27] + obs[:, 28] + (obs[:, 0] - 0.27)
@@ -422,7 +440,7 @@ class AntEnv(WarpArticulationEnv):
         return obs[:, 0] < 0.27
 
 
-class HumanoidEnv(WarpArticulationEnv):
+class HumanoidEnv(FloatingBaseEnv):
     """DiffRL humanoid: obs 76, act 21 (``0.35 · strength`` N·m per unit).
 
     Observation: ``[z, quat(4), v(3), ω(3), q_joints(21), 0.1 qd_joints(21), up_z, heading, last action(21)]``.
@@ -431,37 +449,16 @@ class HumanoidEnv(WarpArticulationEnv):
     """
 
     always_terminates = True
+    target_x = 200.0
 
     def __init__(
         self, num_envs: int, device: Any = "cpu", differentiable: bool = False, cfg: HumanoidConfig | None = None
     ) -> None:
         super().__init__("humanoid", 76, num_envs, device, differentiable, cfg or HumanoidConfig())
-        self._init_root_constants(200.0)
-        self._start_joints = torch.zeros(self.nq - 7, device=self.device)
 
     @staticmethod
     def robot() -> Robot:
         return robots.humanoid()
-
-    def _initial_state(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._floating_init(n, self._start_joints)
-
-    def _observe(self, q: torch.Tensor, qd: torch.Tensor, last_action: torch.Tensor) -> torch.Tensor:
-        r = self._root_frame(q, qd)
-        return torch.cat(
-            [
-                r["pos"][:, 2:3],
-                r["quat"],
-                r["v"],
-                r["omega"],
-                q[:, 7:],
-                0.1 * qd[:, 6:],
-                r["up"].unsqueeze(-1),
-                r["heading"].unsqueeze(-1),
-                last_action,
-            ],
-            dim=-1,
-        )
 
     def _reward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         h = torch.clamp(obs[:, 0] - (0.74 + 0.1), -1.0, 0.1)

@@ -62,6 +62,13 @@ def _warp() -> Any:
     return _WP
 
 
+def quat_rotate(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Rotate vectors ``v`` ``(..., 3)`` by unit quaternions ``q`` ``(..., 4)`` (xyzw, as in Warp and Newton)."""
+    xyz, w = q[..., :3], q[..., 3:]
+    t = 2.0 * torch.cross(xyz, v, dim=-1)
+    return v + w * t + torch.cross(xyz, t, dim=-1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Robot description
 # --------------------------------------------------------------------------------------------------
@@ -524,10 +531,7 @@ class ArticulatedSim:
         X = wp.to_torch(s.body_q).reshape(self.num_envs, self.bodies_per_world, 7)
         body = torch.as_tensor(self.built.contact_body, dtype=torch.long, device=X.device)
         local = torch.as_tensor(self.built.contact_local, device=X.device)
-        pos, quat = X[:, body, 0:3], X[:, body, 3:7]
-        xyz, w = quat[..., :3], quat[..., 3:]
-        t = 2.0 * torch.cross(xyz, local.expand_as(xyz), dim=-1)
-        world = pos + local + w * t + torch.cross(xyz, t, dim=-1)
+        world = X[:, body, 0:3] + quat_rotate(X[:, body, 3:7], local.expand(X.shape[0], -1, -1))
         radius = torch.as_tensor(self.built.contact_radius, device=X.device)
         return (world[..., 2] - radius).to(self.torch_device)
 
