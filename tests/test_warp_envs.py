@@ -124,6 +124,22 @@ def test_ant_comes_to_rest() -> None:
     assert 0.0 < depth < 0.03
 
 
+def test_humanoid_without_actions_falls_and_lies_still() -> None:
+    """The unactuated humanoid topples (an episode terminates) and then lies on the ground."""
+    env = make_env("humanoid", 1, "cpu", stochastic_init=False)
+    env.reset(seed=0)
+    fell_at = None
+    with torch.no_grad(), env.resets_suspended():
+        for t in range(400):
+            obs, _, term, *_ = env.step(torch.zeros(1, 21))
+            if fell_at is None and bool(term[0]):
+                fell_at = t
+    assert fell_at is not None and 30 < fell_at < 200
+    assert obs[0, 0] < 0.2  # torso height (m): lying down
+    assert obs[0, 5:11].abs().max() < 0.05  # root linear and angular velocity nearly zero
+    assert -env.sim.contact_distances(env.q).min() < 0.05
+
+
 def test_termination_and_autoreset() -> None:
     env = shared_env("ant")
     env.reset(seed=1)
