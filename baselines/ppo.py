@@ -94,6 +94,24 @@ class PPOConfig(TrainConfig):
                 "eval_every": 2048,
                 "eval_episodes": 2,
             }
+        if preset == "cpu" and env in _PAPER_TABLE:
+            # the rl_games setup scaled to 64 worlds: 2048-step batches in 4 minibatches, 5 epochs,
+            # and the same 1.02 M env-step budget and evaluation grid as SHAC's cpu preset
+            _, _, mini_epochs, _, hidden = _PAPER_TABLE[env]
+            return {
+                "total_steps": 64 * 32 * 500,
+                "num_envs": 64,
+                "rollout_steps": 32,
+                "epochs": mini_epochs,
+                "minibatch_size": 512,
+                "lr": 3e-4,
+                "lr_schedule": "adaptive",
+                "target_kl": 0.008,
+                "hidden": hidden,
+                "activation": "elu",
+                "eval_every": 64 * 32 * 25,
+                "eval_episodes": 8,
+            }
         if preset == "cpu":
             return {
                 "total_steps": 400_000,

@@ -65,6 +65,8 @@ class Algorithm:
 
 _BUILTIN: dict[str, str] = {
     "ppo": "pwm_bench.baselines.ppo:ALGORITHM",
+    "sac": "pwm_bench.baselines.sac:ALGORITHM",
+    "shac": "pwm_bench.baselines.shac:ALGORITHM",
 }
 _ALGOS: dict[str, Algorithm] = {}
 _ENTRY_POINTS_LOADED = False

@@ -1,4 +1,4 @@
-"""The ``pwm-bench`` command line: run, list, results, show, bench-env.
+"""The ``pwm-bench`` command line: run, compare, list, results, show, bench-env.
 
 Bad input (unknown names, bad ``--set`` values, missing CUDA) prints one line naming the valid
 choices and exits with code 2. ``run`` exits 0 when the run completed, 1 when it failed (NaN/inf)
@@ -84,6 +84,13 @@ def run(
     ),
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its latest checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a progress bar.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads for torch [default: torch's]; use 1 when several runs share a machine."),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="Name of the run folder [default: <date>-<time>-s<seed>-<random>].")
+    ] = None,
 ) -> None:
     """Train one algorithm on one environment and record the run in the results store."""
     from pwm_bench.config import parse_set_options
@@ -104,6 +111,8 @@ def run(
             out=out,
             resume=resume,
             reporter=reporter,
+            threads=threads,
+            run_id=run_id,
         )
         result = execute(request)
     except UsageError as exc:
@@ -124,6 +133,83 @@ def run(
     if result.status == "interrupted":
         typer.echo(f"resume with: pwm-bench run --resume {result.run_dir}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pwm-bench compare --env hopper --algos ppo,sac,shac --seeds 3 --preset cpu\n\n"
+        "  pwm-bench compare --env pointmass --algos ppo,shac --seeds 2 --preset smoke --jobs 2"
+    )
+)
+def compare(
+    env: Annotated[str, typer.Option(help="Environment name.")],
+    algos: Annotated[str, typer.Option(help="Comma-separated algorithms, e.g. ppo,sac,shac.")] = "ppo,sac,shac",
+    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 per algorithm.")] = 3,
+    preset: Annotated[str, typer.Option(help="smoke | cpu | paper.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override for every run, key=value (repeatable).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Results root.")] = Path("results"),
+    jobs: Annotated[int, typer.Option(help="Runs at once (subprocesses); 1 runs them one after another.")] = 1,
+    csv: Annotated[Path | None, typer.Option(help="Also write the summary table to this CSV file.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of progress bars.")] = False,
+) -> None:
+    """Run algorithms x seeds on one env into the results store and print a comparison table.
+
+    Giving the same command again finishes an interrupted grid: completed runs are reused,
+    interrupted ones resumed.
+    """
+    from rich.table import Table
+
+    from pwm_bench.compare import run_grid, summarize
+    from pwm_bench.config import parse_set_options
+    from pwm_bench.progress import LogReporter, RichReporter
+    from pwm_bench.runner import resolve_device
+    from pwm_bench.store import atomic_write_text
+
+    fancy = sys.stdout.isatty() and not quiet
+    _setup_logging(fancy)
+    names = [a.strip() for a in algos.split(",") if a.strip()]
+    try:
+        if seeds <= 0:
+            raise UsageError(f"--seeds must be positive, got {seeds}")
+        if jobs <= 0:
+            raise UsageError(f"--jobs must be positive, got {jobs}")
+        resolve_device(device)
+        cells = run_grid(
+            env,
+            names,
+            list(range(seeds)),
+            preset=preset,
+            device=device,
+            overrides=parse_set_options(set_ or []),
+            out=out,
+            jobs=jobs,
+            reporter_factory=RichReporter if fancy else LogReporter,
+        )
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    df = summarize(cells)
+    if csv is not None:
+        atomic_write_text(csv, df.to_csv(index=False))
+    table = Table(title=f"{env}, preset {preset}, seeds 0-{seeds - 1}  (eval return: mean ± std over seeds)")
+    for col in ("algo", "runs", "final eval return", "best eval return", "env steps", "wall time"):
+        table.add_column(col, justify="left" if col == "algo" else "right")
+
+    def pm(m: float, s: float) -> str:
+        return "—" if m != m else f"{m:.1f} ± {0.0 if s != s else s:.1f}"
+
+    for _, r in df.iterrows():
+        steps = "—" if r["env_steps"] != r["env_steps"] else f"{r['env_steps']:,.0f}"
+        wall = "—" if r["wall_time"] != r["wall_time"] else f"{r['wall_time']:.0f} s"
+        table.add_row(
+            r["algo"], r["runs"], pm(r["final_mean"], r["final_std"]), pm(r["best_mean"], r["best_std"]), steps, wall
+        )
+    _console().print(table)
+    if csv is not None:
+        typer.echo(f"wrote {csv}")
 
 
 @app.command("list", epilog="Examples:\n\n  pwm-bench list\n\n  pwm-bench list --algo ppo --preset cpu")

@@ -51,6 +51,8 @@ class RunRequest:
     resume: Path | None = None
     reporter: Reporter | None = None
     run_id: str | None = None
+    threads: int | None = None
+    """CPU threads for torch (``torch.set_num_threads``); None keeps torch's default."""
 
 
 @dataclasses.dataclass
@@ -183,6 +185,10 @@ def execute(req: RunRequest) -> RunResult:
     algo, cfg, env_cfg, record, run_dir = _resolve(req)
     device = resolve_device(req.device if req.resume is None or req.device != "auto" else record["device"])
     seed = int(record["seed"])
+    if req.threads is not None:
+        if req.threads <= 0:
+            raise UsageError(f"--threads must be positive, got {req.threads}")
+        torch.set_num_threads(req.threads)
     seed_everything(seed)
     env_kwargs = dataclasses.asdict(env_cfg)
     env = make_env(record["env"], cfg.num_envs, device, algo.requires_gradients, **env_kwargs)

@@ -1,0 +1,181 @@
+"""Run a grid of algorithms × seeds on one env and summarise it (``pwm-bench compare``).
+
+Every cell is an ordinary run in the results store, with a run id derived from the grid
+(``cmp-<preset>-<tag>-s<seed>``, where ``tag`` hashes the overrides), so a grid that was interrupted
+picks up where it stopped when the same command is given again: completed cells are reused,
+interrupted or dead ones are resumed from their latest checkpoint, missing ones are started.
+Cells run one after another by default; ``jobs > 1`` runs that many at once in subprocesses, each
+limited to ``cpu_count // jobs`` torch threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pwm_bench.algos import get_algorithm
+from pwm_bench.config import PRESETS
+from pwm_bench.envs import env_spec
+from pwm_bench.errors import UsageError, unknown_choice
+from pwm_bench.store import env_dirname, read_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    algo: str
+    seed: int
+    run_dir: Path
+
+
+def grid_tag(preset: str, overrides: Mapping[str, Any]) -> str:
+    """Short stable hash of a grid's preset and overrides (part of every cell's run id)."""
+    text = json.dumps({"preset": preset, "overrides": {k: str(v) for k, v in sorted(overrides.items())}})
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def plan(
+    env: str, algos: Sequence[str], seeds: Sequence[int], preset: str, overrides: Mapping[str, Any], out: Path
+) -> list[Cell]:
+    """The grid's cells (validates names first; raises :class:`UsageError`)."""
+    env_spec(env)
+    if preset not in PRESETS:
+        raise unknown_choice("preset", preset, PRESETS)
+    if not algos:
+        raise UsageError("--algos needs at least one algorithm")
+    for a in algos:
+        spec = get_algorithm(a)
+        if spec.requires_gradients and not env_spec(env).differentiable:
+            raise UsageError(f"algorithm '{a}' needs simulator gradients; env '{env}' has none")
+    if not seeds or any(s < 0 for s in seeds):
+        raise UsageError("--seeds must be a positive count")
+    tag = grid_tag(preset, overrides)
+    root = Path(out) / "runs" / env_dirname(env)
+    return [Cell(a, s, root / a / f"cmp-{preset}-{tag}-s{s}") for a in algos for s in seeds]
+
+
+def _cell_args(cell: Cell, env: str, preset: str, device: str, overrides: Mapping[str, Any], out: Path) -> list[str]:
+    status = read_summary(cell.run_dir).get("status") if cell.run_dir.exists() else None
+    if status is not None:
+        return ["run", "--resume", str(cell.run_dir), "--device", device]
+    args = ["run", "--algo", cell.algo, "--env", env, "--seed", str(cell.seed), "--preset", preset]
+    args += ["--device", device, "--out", str(out), "--run-id", cell.run_dir.name]
+    for k, v in overrides.items():
+        args += ["--set", f"{k}={v}"]
+    return args
+
+
+def run_grid(
+    env: str,
+    algos: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    preset: str = "cpu",
+    device: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    out: Path = Path("results"),
+    jobs: int = 1,
+    reporter_factory: Any = None,
+) -> list[Cell]:
+    """Run (or finish) every cell of the grid; returns the cells in grid order.
+
+    Args:
+        env: env name.
+        algos: algorithm names.
+        seeds: seeds.
+        preset: preset of every run.
+        device: device of every run.
+        overrides: ``--set`` overrides applied to every run (keys valid for every algorithm).
+        out: results root.
+        jobs: cells run at once (1 = in this process, one after another).
+        reporter_factory: called with no arguments to make each in-process run's reporter.
+    """
+    from pwm_bench.runner import RunRequest, execute
+
+    overrides = dict(overrides or {})
+    cells = plan(env, algos, seeds, preset, overrides, out)
+    todo = [c for c in cells if read_summary(c.run_dir).get("status") != "completed"]
+    if len(todo) < len(cells):
+        log.info("%d of %d runs already completed; reusing them", len(cells) - len(todo), len(cells))
+    if jobs <= 1:
+        for i, cell in enumerate(todo, 1):
+            log.info("[%d/%d] %s seed %d", i, len(todo), cell.algo, cell.seed)
+            reporter = reporter_factory() if reporter_factory is not None else None
+            if cell.run_dir.exists():
+                execute(RunRequest(resume=cell.run_dir, device=device, reporter=reporter))
+            else:
+                req = RunRequest(
+                    algo=cell.algo,
+                    env=env,
+                    seed=cell.seed,
+                    preset=preset,
+                    device=device,
+                    overrides=overrides,
+                    out=out,
+                    run_id=cell.run_dir.name,
+                    reporter=reporter,
+                )
+                execute(req)
+        return cells
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def launch(cell: Cell) -> int:
+        args = [sys.executable, "-m", "pwm_bench", *_cell_args(cell, env, preset, device, overrides, out)]
+        args += ["--quiet", "--threads", str(threads)]
+        log.info("start %s seed %d", cell.algo, cell.seed)
+        proc = subprocess.run(args, capture_output=True, text=True)
+        log.info("%s seed %d: %s", cell.algo, cell.seed, (proc.stdout.strip().splitlines() or ["?"])[-1])
+        return proc.returncode
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(launch, todo))
+    return cells
+
+
+def summarize(cells: Sequence[Cell]) -> Any:
+    """Per-algorithm table (pandas DataFrame): runs completed, final and best eval return
+    (mean and std across seeds), mean env steps and mean wall time (s)."""
+    import pandas as pd
+
+    rows = []
+    for c in cells:
+        s = read_summary(c.run_dir)
+        rows.append(
+            {
+                "algo": c.algo,
+                "seed": c.seed,
+                "status": s.get("status", "missing"),
+                "final": s.get("final_eval_return"),
+                "best": s.get("best_eval_return"),
+                "env_steps": s.get("env_steps"),
+                "wall_time": s.get("wall_time"),
+            }
+        )
+    df = pd.DataFrame(rows)
+    order = list(dict.fromkeys(df["algo"]))
+    g = df.assign(done=df["status"].eq("completed")).groupby("algo", sort=False)
+    table = pd.DataFrame(
+        {
+            "runs": g["done"].sum().astype(int).astype(str) + "/" + g.size().astype(str),
+            "final_mean": g["final"].mean(),
+            "final_std": g["final"].std(ddof=0),
+            "best_mean": g["best"].mean(),
+            "best_std": g["best"].std(ddof=0),
+            "env_steps": g["env_steps"].mean(),
+            "wall_time": g["wall_time"].mean(),
+        }
+    ).loc[order]
+    return table.reset_index()

@@ -1,0 +1,179 @@
+"""SHAC and SAC: the TD(λ) targets, SHAC's gradient through the simulator, learning, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pwm_bench.baselines.shac import Critic, StochasticActor, actor_window, td_lambda_targets
+from pwm_bench.envs import make_env
+from pwm_bench.runner import RunRequest, execute
+from pwm_bench.testing import fd_gradient_check
+
+from .conftest import run_inprocess
+from .test_run import SignalAt
+from .test_warp_envs import settle_in_contact, shared_env
+
+# point-mass budgets that learn in a few seconds (zero actions score about -310 on the eval states)
+SHAC_POINTMASS = {"total_steps": "24576", "num_envs": "32", "eval_every": "8192", "eval_episodes": "8"}
+SAC_POINTMASS = {
+    "total_steps": "6000",
+    "num_envs": "8",
+    "hidden": "[64,64]",
+    "batch_size": "128",
+    "learning_starts": "500",
+    "updates_per_env_step": "0.5",
+    "eval_every": "2000",
+    "eval_episodes": "8",
+}
+
+
+def _direct_lambda_returns(r: torch.Tensor, v: torch.Tensor, d: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """λ-returns from their definition: (1-λ) Σ_n λ^(n-1) G^(n) truncated at the segment end."""
+    h, n = r.shape
+    out = torch.zeros(h, n, dtype=r.dtype)
+    for j in range(n):
+        for i in range(h):
+            end = next(k for k in range(i, h) if d[k, j])  # last step of the segment
+            m = end - i + 1  # steps available
+            nstep = []
+            for k in range(1, m + 1):  # k-step return bootstrapped with v after step i+k-1
+                g = sum(gamma**t * r[i + t, j] for t in range(k)) + gamma**k * v[i + k - 1, j]
+                nstep.append(g)
+            lam_ret = sum((1 - lam) * lam ** (k - 1) * nstep[k - 1] for k in range(1, m)) + lam ** (m - 1) * nstep[-1]
+            out[i, j] = lam_ret
+    return out
+
+
+def test_td_lambda_targets_equal_direct_lambda_returns() -> None:
+    gen = torch.Generator().manual_seed(0)
+    h, n = 12, 5
+    r = torch.randn(h, n, generator=gen, dtype=torch.float64)
+    v = torch.randn(h, n, generator=gen, dtype=torch.float64)
+    d = torch.rand(h, n, generator=gen) < 0.2
+    d[-1] = True
+    for gamma, lam in ((0.99, 0.95), (0.9, 0.0), (0.9, 1.0)):
+        got = td_lambda_targets(r, v, d, gamma, lam)
+        torch.testing.assert_close(got, _direct_lambda_returns(r, v, d, gamma, lam), rtol=1e-12, atol=1e-12)
+    # λ = 0 is the one-step target r + γ V'
+    torch.testing.assert_close(td_lambda_targets(r, v, d, 0.9, 0.0), r + 0.9 * v)
+
+
+@pytest.mark.parametrize("name", ["hopper", "double_pendulum"])
+def test_shac_actor_gradient_through_the_simulator_matches_finite_differences(name: str) -> None:
+    """d(SHAC actor loss)/d(actor params) equals finite differences of the loss through the Warp sim.
+
+    The actor's gradient flows only through the simulator's step (the actor sees the window's first
+    observation; later ones reach it via the dynamics), so a silently non-differentiable env gives a
+    wrong analytic derivative and fails this check.
+    """
+    env = shared_env(name)
+    if name == "hopper":
+        settle_in_contact(env)
+    else:
+        env.reset(seed=0)
+    state = env.get_state()
+    obs0 = env._observe(state["q"], state["qd"], state["last_action"])
+    torch.manual_seed(0)
+    actor = StochasticActor(env.obs_dim, env.act_dim, (32, 32), init_log_std=-1.0)
+    critic = Critic(env.obs_dim, (32, 32)).requires_grad_(False)
+    names = [k for k, _ in actor.named_parameters()]
+    shapes = [p.shape for p in actor.parameters()]
+    theta0 = torch.nn.utils.parameters_to_vector(actor.parameters()).detach()
+
+    def fn(theta: torch.Tensor) -> torch.Tensor:
+        chunks = torch.split(theta, [s.numel() for s in shapes])
+        params = {k: c.reshape(s) for k, c, s in zip(names, chunks, shapes, strict=True)}
+
+        def policy(o: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(actor, params, (o,))
+
+        env.set_state({k: v.clone() for k, v in state.items()})
+        torch.manual_seed(1)  # the same action noise in every evaluation
+        with env.resets_suspended():
+            window = actor_window(env, policy, critic, obs0, None, horizon=4, gamma=0.99)  # type: ignore[arg-type]
+        return window.loss.double()
+
+    report = fd_gradient_check(fn, theta0, eps=1e-2, n_directions=6, seed=0)
+    assert report.rel_error < 0.05 and report.cosine > 0.99, report
+    env.detach()
+
+
+def test_shac_learns_pointmass(out: Path) -> None:
+    result = run_inprocess(out, algo="shac", env="pointmass", preset="cpu", overrides=SHAC_POINTMASS)
+    assert result.status == "completed"
+    assert result.summary["final_eval_return"] > -120.0, result.summary
+    df = pd.read_csv(result.run_dir / "metrics.csv")
+    assert {"loss/actor", "loss/critic", "grad_norm/actor", "shac/value"} <= set(df.columns)
+    assert (df["grad_norm/actor"] > 0).all()
+
+
+def test_sac_learns_pointmass(out: Path) -> None:
+    result = run_inprocess(out, algo="sac", env="pointmass", preset="cpu", overrides=SAC_POINTMASS)
+    assert result.status == "completed"
+    assert result.summary["final_eval_return"] > -120.0, result.summary
+    df = pd.read_csv(result.run_dir / "metrics.csv")
+    assert {"loss/actor", "loss/critic", "sac/alpha", "sac/entropy"} <= set(df.columns)
+
+
+def test_shac_rejects_a_non_differentiable_env() -> None:
+    from pwm_bench.baselines.shac import SHACConfig, train
+    from pwm_bench.errors import UsageError
+
+    env = make_env("pointmass", 4, "cpu", differentiable=False)
+    with pytest.raises(UsageError, match="differentiable"):
+        train(env, SHACConfig(), run=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("algo", "overrides", "stop_at"),
+    [
+        ("shac", {**SHAC_POINTMASS, "total_steps": "16384"}, 6000),
+        ("sac", {**SAC_POINTMASS, "total_steps": "4000"}, 2100),
+    ],
+)
+def test_interrupt_and_resume(out: Path, algo: str, overrides: dict[str, str], stop_at: int) -> None:
+    part = run_inprocess(out, algo=algo, preset="cpu", overrides=overrides, run_id="part", reporter=SignalAt(stop_at))
+    assert part.status == "interrupted"
+    stopped = part.summary["env_steps"]
+    resumed = execute(RunRequest(resume=part.run_dir))
+    assert resumed.status == "completed" and resumed.summary["resumes"] == 1
+    assert resumed.summary["env_steps"] >= int(overrides["total_steps"]) > stopped
+    df = pd.read_csv(resumed.run_dir / "metrics.csv")
+    assert df["env_steps"].is_unique and df["env_steps"].is_monotonic_increasing
+    ckpt = torch.load(resumed.run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    assert ckpt["env_steps"] == resumed.summary["env_steps"]
+
+
+@pytest.mark.parametrize("algo", ["shac", "sac"])
+def test_smoke_preset_on_hopper(out: Path, algo: str) -> None:
+    result = run_inprocess(out, algo=algo, env="hopper")
+    assert result.status == "completed"
+    assert result.summary["env_steps"] > 0
+
+
+def test_compare_runs_the_grid_and_reuses_completed_runs(out: Path) -> None:
+    from pwm_bench.compare import run_grid, summarize
+
+    overrides = {"total_steps": "1024", "eval_every": "512"}
+    cells = run_grid("pointmass", ["ppo", "shac"], [0, 1], preset="smoke", overrides=overrides, out=out)
+    assert len(cells) == 4 and all(c.run_dir.is_dir() for c in cells)
+    df = summarize(cells)
+    assert df["algo"].tolist() == ["ppo", "shac"]
+    assert df["runs"].tolist() == ["2/2", "2/2"]
+    assert df["final_mean"].notna().all() and (df["final_std"] >= 0).all()
+    mtimes = {c.run_dir: (c.run_dir / "summary.json").stat().st_mtime_ns for c in cells}
+    again = run_grid("pointmass", ["ppo", "shac"], [0, 1], preset="smoke", overrides=overrides, out=out)
+    assert again == cells
+    assert all((c.run_dir / "summary.json").stat().st_mtime_ns == mtimes[c.run_dir] for c in cells)
+
+
+def test_compare_cli_rejects_bad_input() -> None:
+    from .conftest import cli
+
+    res = cli("compare", "--env", "pointmass", "--algos", "ppo,nope", "--seeds", "1")
+    assert res.returncode == 2 and "nope" in res.stderr and "shac" in res.stderr
+    assert "Traceback" not in res.stderr
