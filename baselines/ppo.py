@@ -22,7 +22,7 @@ from pwm_bench.algos import Algorithm
 from pwm_bench.config import TrainConfig
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError
-from pwm_bench.nn import RunningMeanStd, mlp
+from pwm_bench.nn import ACTIVATIONS, RunningMeanStd, mlp
 from pwm_bench.run import Run
 
 # rl_games PPO settings of the DiffRL/PWM baselines: (actors, minibatch, mini-epochs, max epochs, MLP)
@@ -31,6 +31,23 @@ _PAPER_TABLE: dict[str, tuple[int, int, int, int, tuple[int, ...]]] = {
     "ant": (2048, 16384, 5, 5000, (128, 64, 32)),
     "humanoid": (1024, 8192, 5, 5000, (256, 128, 64)),
     "snu_humanoid": (1024, 8192, 6, 20000, (512, 512, 256)),
+}
+
+# settings shared by DiffRL's rl_games PPO configs (examples/cfg/ppo/*.yaml): one network with two
+# heads, rewards scaled by 0.01, critic_coef 4 on the unhalved squared error (= 4 on half of it here),
+# value clipping, and the bounds loss on the action means
+_RL_GAMES: dict[str, Any] = {
+    "shared_trunk": True,
+    "reward_scale": 0.01,
+    "value_coef": 4.0,
+    "clip_value": True,
+    "bounds_loss_coef": 1e-4,
+    "entropy_coef": 0.0,
+    "init_log_std": 0.0,
+    "normalize_obs": True,
+    "normalize_value": True,
+    "normalize_advantage": True,
+    "max_grad_norm": 1.0,
 }
 
 
@@ -82,6 +99,12 @@ class PPOConfig(TrainConfig):
     """Hidden activation."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian policy."""
+    shared_trunk: bool = False
+    """Actor and critic share the hidden layers (two linear heads), as rl_games' ``separate: False``."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this for learning (rl_games' reward_shaper); reported returns are raw."""
+    bounds_loss_coef: float = 0.0
+    """Weight of rl_games' penalty on action means outside [-1.1, 1.1]."""
 
     def preset_overrides(self, preset: str, env: str) -> dict[str, Any]:
         if preset == "smoke":
@@ -109,6 +132,7 @@ class PPOConfig(TrainConfig):
                 "target_kl": 0.008,
                 "hidden": hidden,
                 "activation": "elu",
+                **_RL_GAMES,
                 "eval_every": 64 * 32 * 25,
                 "eval_episodes": 8,
             }
@@ -138,7 +162,7 @@ class PPOConfig(TrainConfig):
                     "target_kl": 0.008,
                     "hidden": hidden,
                     "activation": "elu",
-                    "entropy_coef": 0.0,
+                    **_RL_GAMES,
                     "eval_every": actors * 32 * 50,
                 }
             # PPO paper (Schulman et al. 2017) MuJoCo settings, for envs outside the PWM suite
@@ -163,27 +187,49 @@ class PPOConfig(TrainConfig):
                 f"minibatch_size {self.minibatch_size} exceeds the rollout batch "
                 f"num_envs*rollout_steps = {self.num_envs * self.rollout_steps}"
             )
-        for name in ("rollout_steps", "epochs", "minibatch_size", "lr"):
+        for name in ("rollout_steps", "epochs", "minibatch_size", "lr", "reward_scale"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"config '{name}' must be positive, got {getattr(self, name)}")
+        if self.shared_trunk and not self.hidden:
+            raise UsageError("config 'shared_trunk' needs at least one hidden layer")
 
 
 class ActorCritic(nn.Module):
-    """Gaussian policy ``N(actor(o), exp(log_std))`` and value network ``critic(o)``."""
+    """Gaussian policy ``N(mu(o), exp(log_std))`` and value ``v(o)``: separate MLPs, or one shared
+    trunk with two linear heads (``cfg.shared_trunk``)."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: PPOConfig) -> None:
         super().__init__()
-        self.actor = mlp(obs_dim, cfg.hidden, act_dim, cfg.activation, out_gain=0.01)
-        self.critic = mlp(obs_dim, cfg.hidden, 1, cfg.activation, out_gain=1.0)
+        self.shared = cfg.shared_trunk
+        if self.shared:
+            body = mlp(obs_dim, cfg.hidden[:-1], cfg.hidden[-1], cfg.activation, out_gain=2**0.5)
+            self.trunk = nn.Sequential(*body, ACTIVATIONS[cfg.activation]())
+            self.actor = nn.Linear(cfg.hidden[-1], act_dim)
+            self.critic = nn.Linear(cfg.hidden[-1], 1)
+            nn.init.orthogonal_(self.actor.weight, gain=0.01)
+            nn.init.zeros_(self.actor.bias)
+            nn.init.orthogonal_(self.critic.weight, gain=1.0)
+            nn.init.zeros_(self.critic.bias)
+        else:
+            self.trunk = nn.Identity()
+            self.actor = mlp(obs_dim, cfg.hidden, act_dim, cfg.activation, out_gain=0.01)
+            self.critic = mlp(obs_dim, cfg.hidden, 1, cfg.activation, out_gain=1.0)
         self.log_std = nn.Parameter(torch.full((act_dim,), cfg.init_log_std))
 
     def dist(self, obs: torch.Tensor) -> torch.distributions.Normal:
         """Action distribution for normalised observations ``(..., O)``."""
-        return torch.distributions.Normal(self.actor(obs), self.log_std.exp().expand((*obs.shape[:-1], -1)))
+        return self.dist_value(obs)[0]
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """Value prediction ``(...,)`` (in normalised units when value normalisation is on)."""
-        return self.critic(obs).squeeze(-1)
+        return self.critic(self.trunk(obs)).squeeze(-1)
+
+    def dist_value(self, obs: torch.Tensor) -> tuple[torch.distributions.Normal, torch.Tensor]:
+        """Both heads with one pass through the trunk."""
+        h = self.trunk(obs)
+        mu = self.actor(h)
+        dist = torch.distributions.Normal(mu, self.log_std.exp().expand_as(mu))
+        return dist, self.critic(h).squeeze(-1)
 
 
 class PPOPolicy:
@@ -279,17 +325,17 @@ def train(env: VecEnv, cfg: PPOConfig, run: Run) -> PPOPolicy:
         with torch.no_grad():
             for t in range(horizon):
                 obs_n = policy.normalize(obs)
-                dist = agent.dist(obs_n)
+                dist, v = agent.dist_value(obs_n)
                 action = dist.sample()
                 b_raw_obs[t], b_obs[t], b_act[t] = obs, obs_n, action
                 b_logp[t] = dist.log_prob(action).sum(-1)
-                b_val[t] = values_of(obs_n)
+                b_val[t] = value_rms.denormalize(v) if value_rms is not None else v
                 obs, reward, terminated, truncated, info = env.step(action)
                 run.add_env_steps(n)
                 run.record_episodes(info)
+                reward = reward * cfg.reward_scale
                 if bool(truncated.any()):  # bootstrap time limits with the value of the final obs
                     final = info["final_obs"][truncated]
-                    reward = reward.clone()
                     reward[truncated] += cfg.gamma * values_of(policy.normalize(final))
                 b_rew[t] = reward
                 b_done[t] = (terminated | truncated).float()
@@ -324,7 +370,7 @@ def train(env: VecEnv, cfg: PPOConfig, run: Run) -> PPOPolicy:
             for start in range(0, batch - cfg.minibatch_size + 1, cfg.minibatch_size):
                 idx = perm[start : start + cfg.minibatch_size]
                 mb = {k: v[idx] for k, v in flat.items()}
-                dist = agent.dist(mb["obs"])
+                dist, v = agent.dist_value(mb["obs"])
                 logp = dist.log_prob(mb["act"]).sum(-1)
                 log_ratio = logp - mb["logp"]
                 ratio = log_ratio.exp()
@@ -332,7 +378,6 @@ def train(env: VecEnv, cfg: PPOConfig, run: Run) -> PPOPolicy:
                 if cfg.normalize_advantage:
                     a = (a - a.mean()) / (a.std() + 1e-8)
                 pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                v = agent.value(mb["obs"])
                 v_loss = (v - mb["target"]).square()
                 if cfg.clip_value:
                     v_clip = mb["old_v"] + (v - mb["old_v"]).clamp(-cfg.clip_coef, cfg.clip_coef)
@@ -340,6 +385,10 @@ def train(env: VecEnv, cfg: PPOConfig, run: Run) -> PPOPolicy:
                 v_loss = 0.5 * v_loss.mean()
                 entropy = dist.entropy().sum(-1).mean()
                 loss = pg_loss + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
+                if cfg.bounds_loss_coef > 0:  # rl_games: keep action means within ±1.1
+                    mu = dist.mean
+                    bounds = (mu - 1.1).clamp_min(0).square() + (mu + 1.1).clamp_max(0).square()
+                    loss = loss + cfg.bounds_loss_coef * bounds.sum(-1).mean()
                 for group in optim.param_groups:
                     group["lr"] = lr
                 optim.zero_grad(set_to_none=True)

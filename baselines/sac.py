@@ -29,13 +29,16 @@ from pwm_bench.errors import UsageError
 from pwm_bench.nn import RunningMeanStd, mlp
 from pwm_bench.run import Run
 
-# rl_games SAC settings of the DiffRL/PWM baselines: (actors, batch, actor/critic lr, α lr, MLP)
-_PAPER_TABLE: dict[str, tuple[int, int, float, float, tuple[int, ...]]] = {
-    "hopper": (64, 2048, 5e-4, 5e-3, (256, 128, 64)),
-    "ant": (128, 4096, 5e-4, 5e-3, (256, 128, 64)),
-    "humanoid": (64, 2048, 3e-4, 2e-4, (512, 256)),
-    "snu_humanoid": (256, 4096, 3e-4, 2e-4, (512, 512, 512, 256)),
+# DiffRL's rl_games SAC configs (examples/cfg/sac/*.yaml): (actors, batch, actor/critic lr, α lr, MLP,
+# max epochs, seed epochs); an epoch is 128 vectorised steps with one update each, and the first
+# seed epochs act uniformly at random without updates
+_PAPER_TABLE: dict[str, tuple[int, int, float, float, tuple[int, ...], int, int]] = {
+    "hopper": (64, 2048, 5e-4, 5e-3, (256, 128, 64), 5000, 5),
+    "ant": (128, 4096, 5e-4, 5e-3, (256, 128, 64), 5000, 5),
+    "humanoid": (64, 2048, 3e-4, 2e-4, (512, 256), 5000, 2),
+    "snu_humanoid": (256, 4096, 3e-4, 2e-4, (512, 512, 512, 256), 10000, 2),
 }
+_STEPS_PER_EPOCH = 128
 LOG_STD_RANGE = (-5.0, 2.0)
 """Clamp of the actor's log standard deviation."""
 
@@ -109,7 +112,7 @@ class SACConfig(TrainConfig):
                     "eval_every": 2_000,
                     "eval_episodes": 10,
                 }
-            _, _, lr, alpha_lr, hidden = row
+            _, _, lr, alpha_lr, hidden, _, _ = row
             return {
                 "total_steps": 1_000_000,
                 "num_envs": 16,
@@ -126,12 +129,12 @@ class SACConfig(TrainConfig):
                 "eval_episodes": 8,
             }
         if preset == "paper" and row is not None:
-            actors, batch, lr, alpha_lr, hidden = row
+            actors, batch, lr, alpha_lr, hidden, epochs, seed_epochs = row
             return {
                 "num_envs": actors,
                 "batch_size": batch,
-                "total_steps": actors * 128 * 5000,
-                "learning_starts": actors * 128,
+                "total_steps": actors * _STEPS_PER_EPOCH * epochs,
+                "learning_starts": actors * _STEPS_PER_EPOCH * seed_epochs,
                 "updates_per_env_step": 1.0 / actors,
                 "hidden": hidden,
                 "activation": "relu",
@@ -142,7 +145,7 @@ class SACConfig(TrainConfig):
                 "tau": 0.005,
                 "buffer_size": 1_000_000,
                 "normalize_obs": True,
-                "eval_every": actors * 128 * 25,
+                "eval_every": actors * _STEPS_PER_EPOCH * 25,
             }
         return {}
 

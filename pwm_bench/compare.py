@@ -137,7 +137,11 @@ def run_grid(
         args += ["--quiet", "--threads", str(threads)]
         log.info("start %s seed %d", cell.algo, cell.seed)
         proc = subprocess.run(args, capture_output=True, text=True)
-        log.info("%s seed %d: %s", cell.algo, cell.seed, (proc.stdout.strip().splitlines() or ["?"])[-1])
+        if proc.returncode == 0:
+            log.info("%s seed %d: %s", cell.algo, cell.seed, (proc.stdout.strip().splitlines() or ["?"])[-1])
+        else:
+            tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
+            log.warning("%s seed %d exited with code %d: %s", cell.algo, cell.seed, proc.returncode, tail)
         return proc.returncode
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:

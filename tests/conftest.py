@@ -20,6 +20,10 @@ from pwm_bench.runner import RunRequest, RunResult, execute
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The suite's networks are small: one torch thread is faster than several, and immune to slowdowns
+# when other processes share the cores.
+torch.set_num_threads(1)
+
 # Small PPO budget on the point mass: a few seconds, several evaluations and checkpoints.
 PPO_TINY = {
     "total_steps": "8192",

@@ -70,3 +70,39 @@ def test_ppo_cpu_preset_solves_pendulum(out: Path) -> None:
     res = run_inprocess(out, env="gym:Pendulum-v1", preset="cpu", seed=0)
     assert res.status == "completed"
     assert res.summary["final_eval_return"] >= -400, res.summary
+
+
+def test_ppo_rl_games_options_learn_pointmass(out: Path) -> None:
+    """Shared trunk, scaled rewards, critic_coef 4 and the bounds loss (the Warp-env presets) still learn."""
+    overrides = {
+        "total_steps": "40960",
+        "num_envs": "16",
+        "rollout_steps": "128",
+        "epochs": "5",
+        "minibatch_size": "512",
+        "lr": "1e-3",
+        "eval_every": "8192",
+        "eval_episodes": "16",
+        "shared_trunk": "true",
+        "reward_scale": "0.01",
+        "value_coef": "4",
+        "bounds_loss_coef": "1e-4",
+        "hidden": "[64,64]",
+        "activation": "elu",
+    }
+    res = run_inprocess(out, overrides=overrides, seed=0)
+    assert res.status == "completed"
+    assert res.summary["final_eval_return"] > -150, res.summary
+
+
+def test_ppo_shared_trunk_shares_the_hidden_layers() -> None:
+    from pwm_bench.baselines.ppo import ActorCritic, PPOConfig
+
+    agent = ActorCritic(4, 2, PPOConfig(hidden=(16, 8), shared_trunk=True))
+    obs = torch.randn(5, 4)
+    agent.value(obs).sum().backward()
+    trunk_grads = [p.grad for p in agent.trunk.parameters()]
+    assert trunk_grads and all(g is not None and g.abs().sum() > 0 for g in trunk_grads)
+    dist, v = agent.dist_value(obs)
+    assert dist.mean.shape == (5, 2) and v.shape == (5,)
+    torch.testing.assert_close(v, agent.value(obs))
