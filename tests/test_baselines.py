@@ -177,3 +177,48 @@ def test_compare_cli_rejects_bad_input() -> None:
     res = cli("compare", "--env", "pointmass", "--algos", "ppo,nope", "--seeds", "1")
     assert res.returncode == 2 and "nope" in res.stderr and "shac" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac", "shac"])
+@pytest.mark.parametrize("env", ["hopper", "ant", "humanoid", "double_pendulum", "pointmass"])
+def test_every_preset_resolves_and_validates(algo: str, env: str) -> None:
+    from pwm_bench.algos import get_algorithm
+    from pwm_bench.config import PRESETS
+
+    spec = get_algorithm(algo)
+    for preset in PRESETS:
+        cfg = spec.config.from_preset(preset, env)
+        cfg.validate()
+        assert cfg.total_steps >= cfg.num_envs and cfg.eval_every <= cfg.total_steps
+
+
+def test_paper_presets_follow_the_published_configs() -> None:
+    from pwm_bench.baselines.ppo import PPOConfig
+    from pwm_bench.baselines.sac import SACConfig
+    from pwm_bench.baselines.shac import SHACConfig
+
+    shac = SHACConfig.from_preset("paper", "hopper")
+    assert (shac.num_envs, shac.horizon, shac.total_steps // (shac.num_envs * shac.horizon)) == (256, 32, 2000)
+    assert (shac.actor_lr, shac.critic_lr, shac.target_alpha, shac.betas) == (2e-3, 2e-4, 0.2, (0.7, 0.95))
+    assert shac.actor_hidden == (128, 64, 32) and shac.critic_hidden == (64, 64)
+    hum = SHACConfig.from_preset("paper", "humanoid")
+    assert (hum.num_envs, hum.critic_lr, hum.target_alpha, hum.actor_hidden) == (64, 5e-4, 0.995, (256, 128))
+    ppo = PPOConfig.from_preset("paper", "ant")
+    assert (ppo.num_envs, ppo.minibatch_size, ppo.epochs, ppo.rollout_steps) == (2048, 16384, 5, 32)
+    assert (ppo.lr_schedule, ppo.target_kl, ppo.reward_scale, ppo.value_coef, ppo.shared_trunk) == (
+        "adaptive",
+        0.008,
+        0.01,
+        4.0,
+        True,
+    )
+    sac = SACConfig.from_preset("paper", "hopper")
+    assert (sac.num_envs, sac.batch_size, sac.actor_lr, sac.alpha_lr, sac.init_alpha) == (64, 2048, 5e-4, 5e-3, 1.0)
+    assert sac.updates_per_env_step * sac.num_envs == 1.0 and sac.learning_starts == 5 * 128 * 64
+
+
+def test_shac_stops_with_a_clear_message_when_the_gradient_explodes(out: Path) -> None:
+    result = run_inprocess(out, algo="shac", env="pointmass", overrides={"env.max_force": "1e9"})
+    assert result.status == "failed"
+    assert "SHAC: actor gradient norm" in result.error and "exploded" in result.error
+    assert result.summary["status"] == "failed"
