@@ -22,7 +22,7 @@ from pwm_bench.algos import Algorithm
 from pwm_bench.config import TrainConfig
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError
-from pwm_bench.nn import ACTIVATIONS, RunningMeanStd, mlp
+from pwm_bench.nn import ACTIVATIONS, NormalizedPolicy, RunningMeanStd, mlp
 from pwm_bench.run import Run
 
 # rl_games PPO settings of the DiffRL/PWM baselines: (actors, minibatch, mini-epochs, max epochs, MLP)
@@ -232,16 +232,12 @@ class ActorCritic(nn.Module):
         return dist, self.critic(h).squeeze(-1)
 
 
-class PPOPolicy:
+class PPOPolicy(NormalizedPolicy):
     """The trained policy: observation normalisation + Gaussian actor."""
 
     def __init__(self, agent: ActorCritic, obs_rms: RunningMeanStd | None) -> None:
+        super().__init__(obs_rms)
         self.agent = agent
-        self.obs_rms = obs_rms
-
-    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        """Observations ``(N, O)`` in the units the networks see."""
-        return self.obs_rms.normalize(obs) if self.obs_rms is not None else obs
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:

@@ -26,7 +26,7 @@ from pwm_bench.algos import Algorithm
 from pwm_bench.config import TrainConfig
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError
-from pwm_bench.nn import RunningMeanStd, mlp
+from pwm_bench.nn import NormalizedPolicy, RunningMeanStd, mlp
 from pwm_bench.run import Run
 
 # DiffRL's rl_games SAC configs (examples/cfg/sac/*.yaml): (actors, batch, actor/critic lr, α lr, MLP,
@@ -247,15 +247,12 @@ class ReplayBuffer:
         self.pos, self.size = int(state["pos"]), k
 
 
-class SACPolicy:
+class SACPolicy(NormalizedPolicy):
     """The trained policy: observation normalisation + tanh-Gaussian actor."""
 
     def __init__(self, actor: TanhGaussianActor, obs_rms: RunningMeanStd | None) -> None:
+        super().__init__(obs_rms)
         self.actor = actor
-        self.obs_rms = obs_rms
-
-    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.obs_rms.normalize(obs) if self.obs_rms is not None else obs
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:

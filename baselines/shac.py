@@ -33,7 +33,7 @@ from pwm_bench.algos import Algorithm
 from pwm_bench.config import TrainConfig
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import NonFiniteError, UsageError
-from pwm_bench.nn import ACTIVATIONS, RunningMeanStd
+from pwm_bench.nn import ACTIVATIONS, NormalizedPolicy, RunningMeanStd
 from pwm_bench.run import Run
 
 log = logging.getLogger(__name__)
@@ -187,15 +187,12 @@ class Critic(nn.Module):
         return self.net(obs).squeeze(-1)
 
 
-class SHACPolicy:
+class SHACPolicy(NormalizedPolicy):
     """The trained policy: observation normalisation, actor mean, tanh."""
 
     def __init__(self, actor: StochasticActor, obs_rms: RunningMeanStd | None) -> None:
+        super().__init__(obs_rms)
         self.actor = actor
-        self.obs_rms = obs_rms
-
-    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.obs_rms.normalize(obs) if self.obs_rms is not None else obs
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:

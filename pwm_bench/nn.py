@@ -75,3 +75,14 @@ class RunningMeanStd(nn.Module):
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize` (without the clamp)."""
         return x * (self.var + self.eps).sqrt().to(x.dtype) + self.mean.to(x.dtype)
+
+
+class NormalizedPolicy:
+    """Base of the trained policies: optional running observation normalisation before the actor."""
+
+    def __init__(self, obs_rms: RunningMeanStd | None) -> None:
+        self.obs_rms = obs_rms
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        """Raw observations ``(N, O)`` in the units the networks see."""
+        return self.obs_rms.normalize(obs) if self.obs_rms is not None else obs

@@ -13,6 +13,18 @@ from pwm_bench.run import EVAL_SEED_OFFSET, evaluate
 
 from .conftest import run_inprocess
 
+# ~40k env steps on the point mass, about 10 s
+PPO_POINTMASS = {
+    "total_steps": "40960",
+    "num_envs": "16",
+    "rollout_steps": "128",
+    "epochs": "5",
+    "minibatch_size": "512",
+    "lr": "1e-3",
+    "eval_every": "8192",
+    "eval_episodes": "16",
+}
+
 
 def test_gae_matches_hand_computation() -> None:
     gamma, lam = 0.9, 0.8
@@ -46,17 +58,7 @@ class _Zero:
 
 def test_ppo_learns_pointmass(out: Path) -> None:
     """~40k env steps (about 10 s): PPO must beat the do-nothing policy by a wide margin."""
-    overrides = {
-        "total_steps": "40960",
-        "num_envs": "16",
-        "rollout_steps": "128",
-        "epochs": "5",
-        "minibatch_size": "512",
-        "lr": "1e-3",
-        "eval_every": "8192",
-        "eval_episodes": "16",
-    }
-    res = run_inprocess(out, overrides=overrides, seed=0)
+    res = run_inprocess(out, overrides=PPO_POINTMASS, seed=0)
     assert res.status == "completed"
     baseline, _ = evaluate(_Zero(), make_env("pointmass", 16), seed=0 + EVAL_SEED_OFFSET)
     evals = pd.read_csv(res.run_dir / "metrics.csv")["eval/episode_return"].dropna()
@@ -75,14 +77,7 @@ def test_ppo_cpu_preset_solves_pendulum(out: Path) -> None:
 def test_ppo_rl_games_options_learn_pointmass(out: Path) -> None:
     """Shared trunk, scaled rewards, critic_coef 4 and the bounds loss (the Warp-env presets) still learn."""
     overrides = {
-        "total_steps": "40960",
-        "num_envs": "16",
-        "rollout_steps": "128",
-        "epochs": "5",
-        "minibatch_size": "512",
-        "lr": "1e-3",
-        "eval_every": "8192",
-        "eval_episodes": "16",
+        **PPO_POINTMASS,
         "shared_trunk": "true",
         "reward_scale": "0.01",
         "value_coef": "4",
