@@ -1,0 +1,174 @@
+"""The latent world model: sizes, SimNorm, two-hot regression, losses, gradients, variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pwm_bench.errors import UsageError
+from pwm_bench.testing import fd_gradient_check
+from pwm_bench.world_model import (
+    SimNorm,
+    WorldModel,
+    consistency_loss,
+    model_config,
+    parameter_count,
+    soft_ce,
+    symexp,
+    symlog,
+    two_hot,
+    two_hot_inv,
+    world_model_loss,
+)
+
+
+@pytest.mark.parametrize(
+    ("size", "obs", "act", "tasks", "task_dim", "expected"),
+    [
+        # PWM single-task dflex models: about 1.46 M (hopper) to 1.62 M (SNU humanoid)
+        ("pwm", 11, 3, 1, 0, 1.46e6),
+        ("pwm", 53, 152, 1, 0, 1.62e6),
+        # TD-MPC2 single-task 5M: walker-walk 4.96 M, dog-run 5.16 M
+        ("5M", 24, 6, 1, 0, 4.96e6),
+        ("5M", 223, 38, 1, 0, 5.16e6),
+        # TD-MPC2 multi-task MT80 (obs 39, act 6, 80 tasks, task_dim 96)
+        ("1M", 39, 6, 80, 96, 1.44e6),
+        ("5M", 39, 6, 80, 96, 5.39e6),
+        ("19M", 39, 6, 80, 96, 18.97e6),
+        ("48M", 39, 6, 80, 96, 48.79e6),
+    ],
+)
+def test_parameter_counts_match_the_reference_models(size, obs, act, tasks, task_dim, expected) -> None:
+    cfg = model_config(size, num_tasks=tasks, task_dim=task_dim)
+    with torch.device("meta"):  # count without allocating the large models
+        n = parameter_count(WorldModel(obs, act, cfg))
+    assert abs(n - expected) / expected < 0.005, n
+
+
+def test_shapes_and_latents_are_simplices() -> None:
+    m = WorldModel(11, 3, model_config("5M", latent_dim=64, mlp_hidden=(32, 32), enc_hidden=(32,)))
+    obs, act = torch.randn(7, 11), torch.randn(7, 3)
+    z = m.encode(obs)
+    assert z.shape == (7, 64)
+    groups = z.reshape(7, 8, 8)
+    torch.testing.assert_close(groups.sum(-1), torch.ones(7, 8))
+    assert (groups >= 0).all()
+    z2 = m.next(z, act)
+    assert z2.shape == (7, 64) and torch.allclose(z2.reshape(7, 8, 8).sum(-1), torch.ones(7, 8))
+    assert m.reward_logits(z, act).shape == (7, 101) and m.reward(z, act).shape == (7,)
+    assert m.q_logits(z, act).shape == (5, 7, 101)
+    a, mean = m.policy(z)
+    assert a.shape == mean.shape == (7, 3) and a.abs().max() <= 1
+    # zero-initialised heads predict reward 0 (uniform over symmetric bins) and bin logits 0
+    assert torch.allclose(m.reward(z, act), torch.zeros(7), atol=1e-6)
+
+
+def test_simnorm_groups_sum_to_one() -> None:
+    x = torch.randn(4, 5, 24) * 10
+    y = SimNorm(8)(x)
+    torch.testing.assert_close(y.reshape(4, 5, 3, 8).sum(-1), torch.ones(4, 5, 3))
+
+
+def test_symlog_symexp_round_trip() -> None:
+    x = torch.tensor([-1e4, -3.0, -0.5, 0.0, 0.25, 7.0, 2e4], dtype=torch.float64)
+    torch.testing.assert_close(symexp(symlog(x)), x)
+    assert symlog(torch.tensor(0.0)) == 0 and torch.sign(symlog(x)).equal(torch.sign(x))
+
+
+def test_two_hot_round_trip_and_clamping() -> None:
+    y = torch.tensor([-5000.0, -20.0, -1.3, 0.0, 0.1, 3.7, 100.0, 1e6], dtype=torch.float64)
+    enc = two_hot(y, 101, -10.0, 10.0)
+    torch.testing.assert_close(enc.sum(-1), torch.ones(len(y), dtype=torch.float64))
+    assert ((enc > 0).sum(-1) <= 2).all()
+    centers = torch.linspace(-10, 10, 101, dtype=torch.float64)
+    torch.testing.assert_close((enc * centers).sum(-1), symlog(y).clamp(-10, 10))
+    # logits equal to log(two-hot) decode back to y (inside the support)
+    inside = y.abs() < 2e4
+    logits = torch.log(enc[inside] + 1e-30)
+    torch.testing.assert_close(two_hot_inv(logits, -10.0, 10.0), y[inside], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(two_hot_inv(logits, -10.0, 10.0, symlog_space=True), symlog(y[inside]))
+
+
+def test_soft_cross_entropy_is_smallest_at_the_target() -> None:
+    target = torch.tensor([2.5])
+    good = torch.log(two_hot(target, 101, -10, 10) + 1e-12)
+    bad = torch.log(two_hot(torch.tensor([-2.5]), 101, -10, 10) + 1e-12)
+    assert soft_ce(good, target, -10, 10) < soft_ce(bad, target, -10, 10)
+
+
+def test_consistency_loss_weights_steps_by_rho() -> None:
+    g = torch.Generator().manual_seed(0)
+    pred, tgt = torch.randn(4, 3, 8, generator=g), torch.randn(4, 3, 8, generator=g)
+    rho = 0.5
+    direct = sum(rho**t * ((pred[t] - tgt[t]) ** 2).mean() for t in range(4)) / 4
+    torch.testing.assert_close(consistency_loss(pred, tgt, rho), direct)
+    # the target gets no gradient
+    tgt.requires_grad_(True)
+    consistency_loss(pred.requires_grad_(True), tgt, rho).backward()
+    assert tgt.grad is None and pred.grad is not None
+
+
+@pytest.mark.parametrize("num_bins", [0, 101])
+def test_reward_of_a_latent_rollout_has_exact_action_gradients(num_bins: int) -> None:
+    """d(Σ_t R(z_t, a_t))/da through H = 8 dynamics steps equals central differences (float64)."""
+    torch.manual_seed(0)
+    cfg = model_config("pwm", latent_dim=32, enc_hidden=(32,), mlp_hidden=(32, 32), num_bins=num_bins)
+    m = WorldModel(5, 2, cfg).double()
+    for p in m.parameters():  # a trained-looking model: non-zero reward head
+        p.data.add_(0.1 * torch.randn_like(p))
+    z0 = m.encode(torch.randn(3, 5, dtype=torch.float64)).detach()
+
+    def fn(actions: torch.Tensor) -> torch.Tensor:
+        z, total = z0, torch.zeros((), dtype=torch.float64)
+        for t in range(actions.shape[0]):
+            total = total + m.reward(z, actions[t]).sum()
+            z = m.next(z, actions[t])
+        return total
+
+    report = fd_gradient_check(fn, torch.rand(8, 3, 2, dtype=torch.float64) * 2 - 1, eps=1e-6, n_directions=8)
+    assert report.max_rel_error < 1e-6, report
+
+
+@pytest.mark.parametrize("variant", ["simnorm", "mish", "relu"])
+def test_variants_train_on_a_linear_system(variant: str) -> None:
+    """Each ablation variant fits a small linear system: its loss falls by at least half in 150 steps."""
+    torch.manual_seed(0)
+    cfg = model_config("pwm", latent_dim=32, enc_hidden=(64,), mlp_hidden=(64, 64), variant=variant)
+    m = WorldModel(4, 2, cfg)
+    if variant == "relu":
+        assert not any(isinstance(x, torch.nn.LayerNorm) for x in m.modules())
+    if variant == "mish":
+        assert not any(isinstance(x, SimNorm) for x in m.modules())
+    A = torch.tensor([[1.0, 0.05, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0.05], [0, 0, 0, 1.0]])
+    B = torch.tensor([[0.0, 0], [0.05, 0], [0, 0], [0, 0.05]])
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        o = [torch.randn(64, 4)]
+        a = torch.rand(5, 64, 2) * 2 - 1
+        r = []
+        for t in range(5):
+            r.append(-(o[-1] ** 2).sum(-1) - 0.1 * (a[t] ** 2).sum(-1))
+            o.append(o[-1] @ A.T + a[t] @ B.T)
+        return torch.stack(o), a, torch.stack(r)
+
+    losses = []
+    for _ in range(150):
+        loss = world_model_loss(m, *batch(), rho=0.99)
+        opt.zero_grad()
+        loss.total.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 20.0)
+        opt.step()
+        losses.append(float(loss.reward))
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+
+
+def test_bad_configs_are_rejected() -> None:
+    with pytest.raises(UsageError, match="valid"):
+        model_config("7M")
+    with pytest.raises(UsageError, match="simnorm_dim"):
+        model_config("pwm", latent_dim=100)
+    with pytest.raises(UsageError, match="variant"):
+        model_config("pwm", variant="gelu")
+    with pytest.raises(UsageError, match="num_bins"):
+        model_config("pwm", num_q=2)
