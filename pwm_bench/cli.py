@@ -1,4 +1,4 @@
-"""The ``pwm-bench`` command line: run, compare, list, results, show, bench-env.
+"""The ``pwm-bench`` command line: run, compare, collect, datasets, list, results, show, bench-env.
 
 Bad input (unknown names, bad ``--set`` values, missing CUDA) prints one line naming the valid
 choices and exits with code 2. ``run`` exits 0 when the run completed, 1 when it failed (NaN/inf)
@@ -210,6 +210,116 @@ def compare(
     _console().print(table)
     if csv is not None:
         typer.echo(f"wrote {csv}")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pwm-bench collect --env hopper\n\n"
+        "  pwm-bench collect --env hopper --algo ppo --steps 200000 --name hopper-ppo"
+    )
+)
+def collect(
+    env: Annotated[str, typer.Option(help="Environment name.")],
+    algo: Annotated[str, typer.Option(help="Algorithm whose training rollouts are stored.")] = "shac",
+    steps: Annotated[int | None, typer.Option(help="Env steps to train and store [default: the preset's].")] = None,
+    preset: Annotated[str, typer.Option(help="smoke | cpu | paper.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    name: Annotated[str | None, typer.Option(help="Dataset name [default: <env>-<algo>-s<seed>].")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
+    out: Annotated[Path, typer.Option(help="Results root (datasets go to OUT/datasets/<name>).")] = Path("results"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a progress bar.")] = False,
+) -> None:
+    """Train an algorithm and store every rollout it generated as an episode dataset.
+
+    Giving the same dataset name again appends to it.
+    """
+    from pwm_bench.config import parse_set_options
+    from pwm_bench.datasets import EpisodeWriter, RecordingEnv, datasets_root
+    from pwm_bench.envs import env_spec
+    from pwm_bench.progress import LogReporter, RichReporter
+    from pwm_bench.runner import RunRequest, execute
+
+    fancy = sys.stdout.isatty() and not quiet
+    _setup_logging(fancy)
+    reporter = RichReporter() if fancy else LogReporter()
+    dataset = datasets_root(out) / (name or f"{env.replace(':', '-')}-{algo}-s{seed}")
+    try:
+        env_spec(env)
+        overrides = parse_set_options(set_ or [])
+        if steps is not None:
+            if steps <= 0:
+                raise UsageError(f"--steps must be positive, got {steps}")
+            overrides["total_steps"] = steps
+
+        def wrap(train_env, run_dir: Path):
+            writer = EpisodeWriter(
+                dataset,
+                env=env,
+                obs_dim=train_env.obs_dim,
+                act_dim=train_env.act_dim,
+                num_envs=train_env.num_envs,
+                source={"algo": algo, "preset": preset, "seed": seed, "run": str(run_dir)},
+            )
+            return RecordingEnv(train_env, writer)
+
+        result = execute(
+            RunRequest(
+                algo=algo,
+                env=env,
+                seed=seed,
+                preset=preset,
+                device=device,
+                overrides=overrides,
+                out=out,
+                reporter=reporter,
+                wrap_env=wrap,
+            )
+        )
+    except UsageError as exc:
+        reporter.stop()
+        raise _fail(str(exc)) from None
+    from pwm_bench.datasets import read_manifest
+
+    m = read_manifest(dataset)
+    typer.echo(
+        f"{result.status}: {dataset} now holds {m['episodes']:,} episodes, {m['transitions']:,} transitions "
+        f"({len(m['shards'])} shard(s)); training run {result.run_dir}"
+    )
+    if result.status == "failed":
+        raise typer.Exit(EXIT_FAILED)
+    if result.status == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command(epilog="Example:\n\n  pwm-bench datasets --out results")
+def datasets(out: Annotated[Path, typer.Option(help="Results root.")] = Path("results")) -> None:
+    """List the episode datasets under OUT/datasets with their sizes and sources."""
+    from rich.table import Table
+
+    from pwm_bench.datasets import datasets_root, iter_datasets
+
+    rows = list(iter_datasets(out))
+    if not rows:
+        typer.echo(f"no datasets under {datasets_root(out)}")
+        return
+    table = Table(title=f"{len(rows)} dataset(s) under {datasets_root(out)}")
+    for col in ("name", "env", "episodes", "transitions", "shards", "size", "source"):
+        table.add_column(col, justify="right" if col in ("episodes", "transitions", "shards", "size") else "left")
+    for folder, m in rows:
+        size = sum(s["bytes"] for s in m["shards"]) / 2**20
+        src = "; ".join(f"{s.get('algo')} {s.get('preset')} seed {s.get('seed')}" for s in m.get("sources", []))
+        table.add_row(
+            folder.name,
+            m["env"],
+            f"{m['episodes']:,}",
+            f"{m['transitions']:,}",
+            str(len(m["shards"])),
+            f"{size:.1f} MiB",
+            src,
+        )
+    _console().print(table)
 
 
 @app.command("list", epilog="Examples:\n\n  pwm-bench list\n\n  pwm-bench list --algo ppo --preset cpu")

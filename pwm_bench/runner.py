@@ -14,7 +14,7 @@ import logging
 import secrets
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +53,8 @@ class RunRequest:
     run_id: str | None = None
     threads: int | None = None
     """CPU threads for torch (``torch.set_num_threads``); None keeps torch's default."""
+    wrap_env: Callable[[Any, Path], Any] | None = None
+    """Optional ``wrap_env(train_env, run_dir) -> env`` (e.g. a recorder for ``pwm-bench collect``)."""
 
 
 @dataclasses.dataclass
@@ -192,6 +194,8 @@ def execute(req: RunRequest) -> RunResult:
     seed_everything(seed)
     env_kwargs = dataclasses.asdict(env_cfg)
     env = make_env(record["env"], cfg.num_envs, device, algo.requires_gradients, **env_kwargs)
+    if req.wrap_env is not None:
+        env = req.wrap_env(env, run_dir)
     eval_env = make_env(record["env"], cfg.eval_episodes, device, False, **env_kwargs)
     reporter = req.reporter or Reporter()
     run = Run(run_dir, cfg=cfg, config_record=record, seed=seed, device=device, eval_env=eval_env, reporter=reporter)

@@ -1,0 +1,119 @@
+"""Episode datasets: round trip, window sampling, corruption handling, collect and datasets commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pwm_bench.datasets import DatasetError, EpisodeDataset, EpisodeWriter, RecordingEnv, read_manifest
+from pwm_bench.envs import make_env
+from pwm_bench.envs.pointmass import PointMassConfig
+
+from .conftest import cli
+
+
+def _record_pointmass(path: Path, steps: int = 260, num_envs: int = 3, shard: int = 200) -> None:
+    env = make_env("pointmass", num_envs, "cpu")
+    writer = EpisodeWriter(path, env="pointmass", obs_dim=4, act_dim=2, num_envs=num_envs, shard_transitions=shard)
+    rec = RecordingEnv(env, writer)
+    rec.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        rec.step(torch.rand(num_envs, 2, generator=gen) * 2.4 - 1.2)  # some out of range: stored clamped
+    rec.close()
+
+
+def test_round_trip_keeps_every_transition_and_its_dynamics(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    _record_pointmass(path)
+    m = read_manifest(path)
+    assert m["transitions"] == 260 * 3 and len(m["shards"]) >= 2
+    ds = EpisodeDataset(path)
+    assert ds.num_transitions == 780 and ds.num_episodes == m["episodes"]
+    assert int(ds.length.sum()) == 780 and len(ds.obs) == 780 + ds.num_episodes
+    assert ds.action.abs().max() <= 1.0
+    # every episode ends terminated or truncated, and only there
+    ends = torch.cumsum(ds.length, 0) - 1
+    done = ds.terminated | ds.truncated
+    assert done[ends].all() and int(done.sum()) == ds.num_episodes
+    # windows are consecutive steps of one episode: they obey the point-mass dynamics exactly
+    c = PointMassConfig()
+    batch = ds.sample(64, horizon=16, generator=torch.Generator().manual_seed(1))
+    assert batch.obs.shape == (17, 64, 4) and batch.action.shape == (16, 64, 2) and batch.reward.shape == (16, 64)
+    pos, vel = batch.obs[:-1, :, :2], batch.obs[:-1, :, 2:]
+    vel_next = (1 - c.damping * c.dt) * vel + c.dt * c.max_force * batch.action / c.mass
+    torch.testing.assert_close(batch.obs[1:, :, 2:], vel_next, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch.obs[1:, :, :2], pos + c.dt * vel_next, atol=1e-5, rtol=1e-5)
+    reward = -(batch.obs[1:, :, :2].square().sum(-1) + 0.1 * vel_next.square().sum(-1))
+    reward = reward - 0.01 * batch.action.square().sum(-1)
+    torch.testing.assert_close(batch.reward, reward, atol=1e-4, rtol=1e-4)
+    assert not batch.terminated[:-1].any()
+    assert ds.sample_states(10).shape == (10, 4)
+
+
+def test_appending_extends_the_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    _record_pointmass(path, steps=50)
+    _record_pointmass(path, steps=50)
+    m = read_manifest(path)
+    assert m["transitions"] == 300 and len(m["sources"]) == 0
+    with pytest.raises(DatasetError, match="cannot append"):
+        EpisodeWriter(path, env="hopper", obs_dim=11, act_dim=3, num_envs=1)
+
+
+def test_corrupt_truncated_or_missing_shards_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    _record_pointmass(path)
+    shard = path / read_manifest(path)["shards"][0]["file"]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=shard.name):
+        EpisodeDataset(path)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(flipped))
+    with pytest.raises(DatasetError, match="corrupt"):
+        EpisodeDataset(path)
+    shard.unlink()
+    with pytest.raises(DatasetError, match=shard.name):
+        EpisodeDataset(path)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="manifest"):
+        EpisodeDataset(path)
+    with pytest.raises(DatasetError, match="not a dataset"):
+        EpisodeDataset(tmp_path / "nowhere")
+
+
+def test_unlisted_files_are_never_read(tmp_path: Path) -> None:
+    """A shard that was being written when the process died is not in the manifest and is ignored."""
+    path = tmp_path / "ds"
+    _record_pointmass(path, steps=50)
+    (path / "shard-00099.npz").write_bytes(b"partial")
+    (path / ".shard-00100.npz.tmp").write_bytes(b"partial")
+    assert EpisodeDataset(path).num_transitions == 150
+
+
+def test_windows_longer_than_every_episode_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    _record_pointmass(path, steps=20)
+    with pytest.raises(DatasetError, match="no episode has 64"):
+        EpisodeDataset(path).sample(4, horizon=64)
+
+
+def test_collect_and_datasets_commands(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    res = cli("collect", "--env", "pointmass", "--algo", "ppo", "--preset", "smoke", "--steps", "1024",
+              "--out", str(out), "--quiet")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    path = out / "datasets" / "pointmass-ppo-s0"
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["transitions"] == 1024 and m["sources"][0]["algo"] == "ppo"
+    assert np.isclose(sum(s["transitions"] for s in m["shards"]), 1024)
+    listing = cli("datasets", "--out", str(out))
+    assert listing.returncode == 0 and "pointmass-ppo-s0" in listing.stdout and "1,024" in listing.stdout
+    bad = cli("collect", "--env", "nope", "--out", str(out))
+    assert bad.returncode == 2 and "valid" in bad.stderr and "Traceback" not in bad.stderr
