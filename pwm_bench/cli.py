@@ -1,4 +1,5 @@
-"""The ``pwm-bench`` command line: run, compare, collect, datasets, list, results, show, bench-env.
+"""The ``pwm-bench`` command line: run, compare, collect, datasets, pretrain-wm, list, results, show,
+bench-env.
 
 Bad input (unknown names, bad ``--set`` values, missing CUDA) prints one line naming the valid
 choices and exits with code 2. ``run`` exits 0 when the run completed, 1 when it failed (NaN/inf)
@@ -230,6 +231,7 @@ def collect(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
     out: Annotated[Path, typer.Option(help="Results root (datasets go to OUT/datasets/<name>).")] = Path("results"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a progress bar.")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch [default: torch's].")] = None,
 ) -> None:
     """Train an algorithm and store every rollout it generated as an episode dataset.
 
@@ -275,6 +277,7 @@ def collect(
                 out=out,
                 reporter=reporter,
                 wrap_env=wrap,
+                threads=threads,
             )
         )
     except UsageError as exc:
@@ -320,6 +323,80 @@ def datasets(out: Annotated[Path, typer.Option(help="Results root.")] = Path("re
             src,
         )
     _console().print(table)
+
+
+@app.command(
+    "pretrain-wm",
+    epilog=(
+        "Examples:\n\n"
+        "  pwm-bench pretrain-wm --dataset hopper-shac-s0 --steps 20000\n\n"
+        "  pwm-bench pretrain-wm --dataset hopper-shac-s0 --size 5M --set wm.variant=mish --name hopper-mish\n\n"
+        "  pwm-bench pretrain-wm --name hopper-shac-s0-pwm --resume --steps 40000"
+    ),
+)
+def pretrain_wm(
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (under OUT/datasets) or folder.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Gradient steps [default: 100000].")] = None,
+    size: Annotated[str, typer.Option(help="World-model size: pwm, 1M, 5M, 19M, 48M.")] = "pwm",
+    name: Annotated[str | None, typer.Option(help="Output name [default: <dataset>-<size>].")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override key=value: pretraining fields, or wm.<field> for the model."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Results root (models go to OUT/world_models/<name>).")] = Path("results"),
+    resume: Annotated[bool, typer.Option(help="Continue an existing pretraining folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a progress bar.")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch [default: torch's].")] = None,
+) -> None:
+    """Pretrain a world model on an episode dataset; reports train and held-out losses."""
+    from pwm_bench.config import apply_overrides, parse_set_options
+    from pwm_bench.datasets import datasets_root
+    from pwm_bench.pretrain import PretrainConfig, pretrain_world_model, world_models_root
+    from pwm_bench.progress import LogReporter, RichReporter
+    from pwm_bench.runner import resolve_device
+    from pwm_bench.world_model import model_config
+
+    fancy = sys.stdout.isatty() and not quiet
+    _setup_logging(fancy)
+    reporter = RichReporter() if fancy else LogReporter()
+    try:
+        dev = resolve_device(device)
+        if threads is not None:
+            if threads <= 0:
+                raise UsageError(f"--threads must be positive, got {threads}")
+            import torch
+
+            torch.set_num_threads(threads)
+        overrides = parse_set_options(set_ or [])
+        wm_ov = {k.removeprefix("wm."): v for k, v in overrides.items() if k.startswith("wm.")}
+        pre_ov = {k: v for k, v in overrides.items() if not k.startswith("wm.")}
+        if steps is not None:
+            pre_ov["steps"] = steps
+        cfg = apply_overrides(PretrainConfig(), pre_ov, what="pretraining key")
+        wm_cfg = apply_overrides(model_config(size), wm_ov, what="world-model key")
+        wm_cfg.validate()
+        if dataset is None and not (resume and name):
+            raise UsageError("--dataset is required (or --resume --name NAME)")
+        folder = world_models_root(out) / (name or f"{Path(str(dataset)).name}-{size}")
+        if dataset is None:
+            import yaml
+
+            dataset = yaml.safe_load((folder / "config.yaml").read_text())["dataset"]
+        ds_path = Path(dataset) if Path(dataset).is_dir() else datasets_root(out) / dataset
+        summary = pretrain_world_model(ds_path, folder, cfg, wm_cfg, device=dev, resume=resume, reporter=reporter)
+    except UsageError as exc:
+        reporter.stop()
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        reporter.stop()
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    reporter.stop()
+    typer.echo(
+        f"{summary['status']}: {summary['step']:,} steps in {summary['wall_time']:.0f} s, "
+        f"held-out consistency {summary.get('heldout/consistency', float('nan')):.4g}, "
+        f"reward {summary.get('heldout/reward', float('nan')):.4g} -> {folder}"
+    )
 
 
 @app.command("list", epilog="Examples:\n\n  pwm-bench list\n\n  pwm-bench list --algo ppo --preset cpu")

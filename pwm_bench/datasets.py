@@ -25,6 +25,7 @@ shard against the manifest (size and SHA-256) and raise :class:`DatasetError` na
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
@@ -335,13 +336,29 @@ class EpisodeDataset:
         self.obs_start = self.tr_start + torch.arange(len(self.length), device=dev)  # first obs row
         self.device = dev
 
+    def split(self, holdout: float, seed: int = 0) -> tuple[EpisodeDataset, EpisodeDataset]:
+        """Split by episode into ``(train, held_out)``; at least one episode each when possible.
+
+        Both views share the stored tensors; only the episode index differs.
+        """
+        n = self.num_episodes
+        k = min(max(1, round(holdout * n)), n - 1) if n > 1 else 0
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        return self._subset(perm[k:].sort().values), self._subset(perm[:k].sort().values)
+
+    def _subset(self, episodes: torch.Tensor) -> EpisodeDataset:
+        view = copy.copy(self)
+        for name in ("length", "task", "tr_start", "obs_start"):
+            setattr(view, name, getattr(self, name)[episodes])
+        return view
+
     @property
     def num_episodes(self) -> int:
         return len(self.length)
 
     @property
     def num_transitions(self) -> int:
-        return len(self.action)
+        return int(self.length.sum())
 
     def sample(self, batch: int, horizon: int, generator: torch.Generator | None = None) -> Batch:
         """``batch`` windows of ``horizon`` transitions, uniform over all valid start positions."""
@@ -359,9 +376,12 @@ class EpisodeDataset:
         return Batch(self.obs[ob], self.action[tr], self.reward[tr], self.terminated[tr], self.task[ep])
 
     def sample_states(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``batch`` observations ``(B, O)`` drawn uniformly from all stored observations."""
-        idx = torch.randint(0, len(self.obs), (batch,), generator=generator).to(self.device)
-        return self.obs[idx]
+        """``batch`` observations ``(B, O)`` drawn uniformly from the episodes' observations."""
+        rows = self.length + 1
+        cum = torch.cumsum(rows, 0)
+        pick = torch.randint(0, int(cum[-1]), (batch,), generator=generator).to(self.device)
+        ep = torch.searchsorted(cum, pick, right=True)
+        return self.obs[self.obs_start[ep] + pick - (cum[ep] - rows[ep])]
 
 
 def iter_datasets(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Iterator[tuple[Path, dict[str, Any]]]:

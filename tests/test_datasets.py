@@ -117,3 +117,41 @@ def test_collect_and_datasets_commands(tmp_path: Path) -> None:
     assert listing.returncode == 0 and "pointmass-ppo-s0" in listing.stdout and "1,024" in listing.stdout
     bad = cli("collect", "--env", "nope", "--out", str(out))
     assert bad.returncode == 2 and "valid" in bad.stderr and "Traceback" not in bad.stderr
+
+
+TINY_WM = {"latent_dim": 32, "enc_hidden": (32,), "mlp_hidden": (32, 32)}
+
+
+def test_pretrain_world_model_learns_and_resumes(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from pwm_bench.errors import UsageError
+    from pwm_bench.pretrain import PretrainConfig, load_world_model, pretrain_world_model
+    from pwm_bench.world_model import model_config
+
+    data = tmp_path / "ds"
+    _record_pointmass(data, steps=400, num_envs=4, shard=500)
+    out = tmp_path / "wm"
+    cfg = PretrainConfig(steps=150, batch_size=32, horizon=8, lr=3e-3, eval_every=50, eval_batches=2)
+    summary = pretrain_world_model(data, out, cfg, model_config("pwm", **TINY_WM))
+    assert summary["status"] == "completed" and summary["step"] == 150
+    df = pd.read_csv(out / "metrics.csv")
+    assert df["step"].tolist() == [50, 100, 150]
+    assert df["heldout/reward"].iloc[-1] < 0.5 * df["heldout/reward"].iloc[0]
+    with pytest.raises(UsageError, match="--resume"):
+        pretrain_world_model(data, out, cfg, model_config("pwm", **TINY_WM))
+    more = pretrain_world_model(data, out, PretrainConfig(steps=250), resume=True)
+    assert more["step"] == 250
+    df = pd.read_csv(out / "metrics.csv")
+    assert df["step"].tolist() == [50, 100, 150, 200, 250]
+    model = load_world_model(out)
+    assert model.cfg.latent_dim == 32 and not model.training
+    batch = EpisodeDataset(data).sample(4, 8)
+    assert model.reward(model.encode(batch.obs[0]), batch.action[0]).shape == (4,)
+
+
+def test_pretrain_cli_rejects_bad_input(tmp_path: Path) -> None:
+    res = cli("pretrain-wm", "--dataset", "nope", "--out", str(tmp_path), "--device", "cpu")
+    assert res.returncode == 2 and "not a dataset" in res.stderr and "Traceback" not in res.stderr
+    res = cli("pretrain-wm", "--dataset", "x", "--size", "3M", "--out", str(tmp_path))
+    assert res.returncode == 2 and "valid" in res.stderr

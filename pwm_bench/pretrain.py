@@ -1,0 +1,255 @@
+"""World-model pretraining on an episode dataset (``pwm-bench pretrain-wm``).
+
+Each step samples ``batch_size`` sub-trajectories of ``horizon + 1`` observations from the training
+episodes and minimises :func:`~pwm_bench.world_model.world_model_loss` (Adam, gradient-norm clip).
+A held-out split of whole episodes measures generalisation every ``eval_every`` steps.
+
+Output folder ``<root>/world_models/<name>/``::
+
+    config.yaml     dataset, pretraining config, world-model config, sizes
+    metrics.csv     step, wall_time, train/{consistency,reward}, heldout/{consistency,reward}
+    summary.json    status, steps, final losses, parameter count
+    model.pt        latest checkpoint (model, optimiser, step, RNG, metrics rows); ``--resume`` continues it
+
+Everything is written atomically; an interrupted pretraining resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pwm_bench.config import to_dict
+from pwm_bench.datasets import EpisodeDataset
+from pwm_bench.errors import NonFiniteError, UsageError
+from pwm_bench.progress import Reporter
+from pwm_bench.store import DEFAULT_ROOT, atomic_save, atomic_write_json, atomic_write_text, atomic_write_yaml
+from pwm_bench.world_model import WorldModel, WorldModelConfig, model_config, parameter_count, world_model_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """World-model pretraining settings (PWM's single-task defaults)."""
+
+    steps: int = 100_000
+    """Gradient steps."""
+    batch_size: int = 256
+    """Sub-trajectories per step."""
+    horizon: int = 16
+    """Model rollout length H (windows hold H + 1 observations)."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    grad_clip: float = 20.0
+    """Gradient-norm clip."""
+    rho: float = 0.99
+    """Per-step loss weight base ρ."""
+    consistency_coef: float = 1.0
+    """Weight of the latent consistency loss (TD-MPC2: 20)."""
+    reward_coef: float = 1.0
+    """Weight of the reward loss (TD-MPC2: 0.1)."""
+    holdout: float = 0.05
+    """Fraction of episodes held out for evaluation."""
+    eval_every: int = 1_000
+    """Held-out evaluation, metrics row and checkpoint every this many steps."""
+    eval_batches: int = 8
+    """Batches per held-out evaluation."""
+    seed: int = 0
+    """Seed of the split, the sampling and the initialisation."""
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "horizon", "lr", "grad_clip", "eval_every", "eval_batches"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"pretraining '{name}' must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise UsageError(f"pretraining 'holdout' must be in [0, 1), got {self.holdout}")
+
+
+def _losses(model: WorldModel, ds: EpisodeDataset, cfg: PretrainConfig, gen: torch.Generator) -> Any:
+    b = ds.sample(cfg.batch_size, cfg.horizon, generator=gen)
+    task = b.task if model.cfg.task_dim > 0 else None
+    return world_model_loss(
+        model,
+        b.obs,
+        b.action,
+        b.reward,
+        rho=cfg.rho,
+        consistency_coef=cfg.consistency_coef,
+        reward_coef=cfg.reward_coef,
+        task=task,
+    )
+
+
+def pretrain_world_model(
+    dataset: str | Path,
+    out_dir: str | Path,
+    cfg: PretrainConfig | None = None,
+    wm_cfg: WorldModelConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Pretrain a world model on ``dataset`` into ``out_dir``; returns the summary.
+
+    With ``resume=True`` an existing ``out_dir`` continues from its checkpoint (its stored configs
+    win; ``cfg.steps`` may raise the step budget).
+    """
+    out = Path(out_dir)
+    cfg = cfg or PretrainConfig()
+    cfg.validate()
+    reporter = reporter or Reporter()
+    ckpt_path = out / "model.pt"
+    state: dict[str, Any] | None = None
+    if out.exists() and any(out.iterdir()):
+        if not resume:
+            raise UsageError(f"{out} already exists; pass --resume to continue it or choose another --name")
+        if ckpt_path.exists():
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            steps = cfg.steps
+            cfg = PretrainConfig(**state["pretrain_config"])
+            cfg.steps = max(cfg.steps, steps)
+            wm_cfg = WorldModelConfig(**state["wm_config"])
+    ds = EpisodeDataset(dataset, device=device)
+    train, held = ds.split(cfg.holdout, seed=cfg.seed)
+    if held.num_episodes == 0:
+        log.warning("dataset has one episode: held-out losses use the training episode")
+        held = train
+    wm_cfg = wm_cfg or model_config("pwm")
+    torch.manual_seed(cfg.seed)
+    model = WorldModel(ds.manifest["obs_dim"], ds.manifest["act_dim"], wm_cfg).to(device)
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    eval_gen_seed = cfg.seed + 1
+    rows: list[dict[str, float]] = []
+    step, wall0 = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        gen.set_state(state["generator"])
+        rows, step, wall0 = state["rows"], state["step"], state["wall_time"]
+        log.info("resuming world-model pretraining at step %d of %d", step, cfg.steps)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(
+        out / "config.yaml",
+        {
+            "dataset": str(dataset),
+            "env": ds.manifest["env"],
+            "pretrain": dataclasses.asdict(cfg),
+            "world_model": to_dict(wm_cfg),
+            "parameters": parameter_count(model),
+            "train_episodes": train.num_episodes,
+            "heldout_episodes": held.num_episodes,
+        },
+    )
+
+    def save(status: str) -> dict[str, Any]:
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optim": optim.state_dict(),
+                "generator": gen.get_state(),
+                "rows": rows,
+                "step": step,
+                "wall_time": wall0 + time.monotonic() - t0,
+                "pretrain_config": dataclasses.asdict(cfg),
+                "wm_config": to_dict(wm_cfg),
+                "obs_dim": ds.manifest["obs_dim"],
+                "act_dim": ds.manifest["act_dim"],
+                "env": ds.manifest["env"],
+            },
+            buf,
+        )
+        data = buf.getvalue()
+        atomic_save(ckpt_path, lambda fh: fh.write(data))
+        if rows:
+            cols = list(rows[0])
+            text = ",".join(cols) + "\n" + "".join(",".join(f"{r[c]:.6g}" for c in cols) + "\n" for r in rows)
+            atomic_write_text(out / "metrics.csv", text)
+        summary = {
+            "status": status,
+            "step": step,
+            "steps": cfg.steps,
+            "wall_time": wall0 + time.monotonic() - t0,
+            "parameters": parameter_count(model),
+            **({k: v for k, v in rows[-1].items() if "/" in k} if rows else {}),
+        }
+        atomic_write_json(out / "summary.json", summary)
+        return summary
+
+    t0 = time.monotonic()
+    sums = {"consistency": 0.0, "reward": 0.0}
+    n = 0
+    summary: dict[str, Any] = {}
+    with reporter.phase(f"world model on {ds.manifest['env']}", cfg.steps) as advance:
+        advance(step)
+        try:
+            while step < cfg.steps:
+                model.train()
+                loss = _losses(model, train, cfg, gen)
+                if not torch.isfinite(loss.total):
+                    raise NonFiniteError(f"world-model loss is {float(loss.total)} at step {step}")
+                optim.zero_grad(set_to_none=True)
+                loss.total.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optim.step()
+                step += 1
+                sums["consistency"] += float(loss.consistency)
+                sums["reward"] += float(loss.reward)
+                n += 1
+                advance(1)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    model.eval()
+                    egen = torch.Generator().manual_seed(eval_gen_seed)
+                    with torch.no_grad():
+                        held_losses = [_losses(model, held, cfg, egen) for _ in range(cfg.eval_batches)]
+                    rows.append(
+                        {
+                            "step": float(step),
+                            "wall_time": wall0 + time.monotonic() - t0,
+                            "train/consistency": sums["consistency"] / n,
+                            "train/reward": sums["reward"] / n,
+                            "heldout/consistency": sum(float(h.consistency) for h in held_losses) / len(held_losses),
+                            "heldout/reward": sum(float(h.reward) for h in held_losses) / len(held_losses),
+                        }
+                    )
+                    log.info(
+                        "step %d: train consistency %.4g reward %.4g | held-out consistency %.4g reward %.4g",
+                        step,
+                        rows[-1]["train/consistency"],
+                        rows[-1]["train/reward"],
+                        rows[-1]["heldout/consistency"],
+                        rows[-1]["heldout/reward"],
+                    )
+                    sums, n = {"consistency": 0.0, "reward": 0.0}, 0
+                    summary = save("running" if step < cfg.steps else "completed")
+        except KeyboardInterrupt:
+            summary = save("interrupted")
+            log.warning("interrupted at step %d; continue with --resume", step)
+            raise
+    return summary or save("completed")
+
+
+def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
+    """The model of a pretraining folder (or its ``model.pt``), in eval mode."""
+    p = Path(path)
+    file = p / "model.pt" if p.is_dir() else p
+    if not file.exists():
+        raise UsageError(f"{path}: no world-model checkpoint (model.pt)")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    model = WorldModel(state["obs_dim"], state["act_dim"], WorldModelConfig(**state["wm_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def world_models_root(root: str | Path = DEFAULT_ROOT) -> Path:
+    """Folder that holds pretrained world models of a results root."""
+    return Path(root) / "world_models"
