@@ -47,6 +47,8 @@ _PAPER_TABLE: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], float, floa
     "double_pendulum": (64, (64, 64), (64, 64), 1e-2, 1e-3, 0.2),
 }
 _PAPER_EPOCHS = 2000
+CPU_BUDGET: dict[str, int] = {"hopper": 1_024_000, "ant": 1_024_000, "humanoid": 131_072, "snu_humanoid": 131_072}
+"""Env-step budgets of the ``cpu`` presets (the differentiable humanoid runs at ~90 steps/s on 2 cores)."""
 MIN_LR = 1e-5
 """Both learning rates decay linearly from their initial value to this over the run."""
 GRAD_LIMIT = 1e6
@@ -114,13 +116,14 @@ class SHACConfig(TrainConfig):
             common = {"actor_hidden": actor, "critic_hidden": critic, "actor_lr": alr, "critic_lr": clr}
             common["target_alpha"] = alpha
         if preset == "cpu":
-            # a 2-core machine runs the differentiable sims at ~1-2k control steps/s (hopper); 64
-            # worlds keep one epoch under a second and the budget near 20 minutes
+            # DiffRL's per-env config (worlds, networks, learning rates) with a budget that fits 2 CPU
+            # cores: about 16 min (hopper, 256 worlds) to 30 min (humanoid, 64 worlds, 131k steps)
+            n = row[0] if row is not None else 64
             return {
                 **common,
-                "num_envs": 64,
-                "total_steps": 64 * 32 * 500,
-                "eval_every": 64 * 32 * 25,
+                "num_envs": n,
+                "total_steps": CPU_BUDGET.get(env, 1_024_000),
+                "eval_every": 51_200 if env != "humanoid" else 16_384,
                 "eval_episodes": 8,
             }
         if preset == "paper":

@@ -1,7 +1,7 @@
 """Run a grid of algorithms × seeds on one env and summarise it (``pwm-bench compare``).
 
 Every cell is an ordinary run in the results store, with a run id derived from the grid
-(``cmp-<preset>-<tag>-s<seed>``, where ``tag`` hashes the overrides), so a grid that was interrupted
+(``cmp-<preset>-<tag>-s<seed>``, where ``tag`` hashes the cell's resolved configs), so a grid that was interrupted
 picks up where it stopped when the same command is given again: completed cells are reused,
 interrupted or dead ones are resumed from their latest checkpoint, missing ones are started.
 Cells run one after another by default; ``jobs > 1`` runs that many at once in subprocesses, each
@@ -40,9 +40,21 @@ class Cell:
     run_dir: Path
 
 
-def grid_tag(preset: str, overrides: Mapping[str, Any]) -> str:
-    """Short stable hash of a grid's preset and overrides (part of every cell's run id)."""
-    text = json.dumps({"preset": preset, "overrides": {k: str(v) for k, v in sorted(overrides.items())}})
+def cell_tag(algo: str, env: str, preset: str, overrides: Mapping[str, Any]) -> str:
+    """Short stable hash of a cell's fully resolved algorithm and env configs (part of its run id).
+
+    Resolved values, not the preset name, go in: after a preset changes, ``compare`` starts new runs
+    instead of reusing runs made with the old values.
+    """
+    from pwm_bench.config import apply_overrides, to_dict
+    from pwm_bench.runner import ENV_KEY_PREFIX
+
+    spec = get_algorithm(algo)
+    algo_ov = {k: v for k, v in overrides.items() if not k.startswith(ENV_KEY_PREFIX)}
+    env_ov = {k[len(ENV_KEY_PREFIX) :]: v for k, v in overrides.items() if k.startswith(ENV_KEY_PREFIX)}
+    cfg = apply_overrides(spec.config.from_preset(preset, env), algo_ov, what=f"{algo} config key")
+    env_cfg = apply_overrides(env_spec(env).config(), env_ov, what=f"'{env}' env option")
+    text = json.dumps({"algo": to_dict(cfg), "env": to_dict(env_cfg)}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
@@ -61,9 +73,10 @@ def plan(
             raise UsageError(f"algorithm '{a}' needs simulator gradients; env '{env}' has none")
     if not seeds or any(s < 0 for s in seeds):
         raise UsageError("--seeds must be a positive count")
-    tag = grid_tag(preset, overrides)
     root = Path(out) / "runs" / env_dirname(env)
-    return [Cell(a, s, root / a / f"cmp-{preset}-{tag}-s{s}") for a in algos for s in seeds]
+    return [
+        Cell(a, s, root / a / f"cmp-{preset}-{cell_tag(a, env, preset, overrides)}-s{s}") for a in algos for s in seeds
+    ]
 
 
 def _cell_args(cell: Cell, env: str, preset: str, device: str, overrides: Mapping[str, Any], out: Path) -> list[str]:
