@@ -39,8 +39,6 @@ _PAPER_TABLE: dict[str, tuple[int, int, float, float, tuple[int, ...], int, int]
     "snu_humanoid": (256, 4096, 3e-4, 2e-4, (512, 512, 512, 256), 10000, 2),
 }
 _STEPS_PER_EPOCH = 128
-CPU_BUDGET: dict[str, int] = {"hopper": 1_024_000, "ant": 1_024_000, "humanoid": 262_144, "snu_humanoid": 262_144}
-"""Env-step budgets of the ``cpu`` presets on the Warp envs (about 30 minutes or less on 2 CPU cores)."""
 LOG_STD_RANGE = (-5.0, 2.0)
 """Clamp of the actor's log standard deviation."""
 
@@ -114,23 +112,20 @@ class SACConfig(TrainConfig):
                     "eval_every": 2_000,
                     "eval_episodes": 10,
                 }
-            # the published structure (actors, batch, one update per vectorised step, seed epochs)
-            # with a budget that fits 2 CPU cores
-            actors, batch, lr, alpha_lr, hidden, _, seed_epochs = row
+            _, _, lr, alpha_lr, hidden, _, _ = row
             return {
-                "total_steps": CPU_BUDGET.get(env, 1_024_000),
-                "num_envs": actors,
-                "batch_size": batch,
-                "learning_starts": actors * _STEPS_PER_EPOCH * seed_epochs,
-                "updates_per_env_step": 1.0 / actors,
+                "total_steps": 1_000_000,
+                "num_envs": 16,
+                "batch_size": 512,
+                "learning_starts": 25_000,
+                "updates_per_env_step": 1 / 16,
                 "hidden": hidden,
                 "activation": "relu",
                 "actor_lr": lr,
                 "critic_lr": lr,
                 "alpha_lr": alpha_lr,
-                "init_alpha": 1.0,
                 "normalize_obs": True,
-                "eval_every": 51_200,
+                "eval_every": 50_000,
                 "eval_episodes": 8,
             }
         if preset == "paper" and row is not None:
