@@ -323,11 +323,6 @@ def actor_window(
     return Window(loss / (horizon * n), obs_buf, rew_buf, next_v_buf, done_buf, obs)
 
 
-def _grad_norm(params: Sequence[nn.Parameter]) -> torch.Tensor:
-    grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
-    return torch.cat(grads).norm() if grads else torch.zeros(())
-
-
 def train(env: VecEnv, cfg: SHACConfig, run: Run) -> SHACPolicy:
     """Train SHAC on the differentiable ``env`` within ``cfg.total_steps`` env steps."""
     if not env.differentiable:
@@ -408,14 +403,14 @@ def train(env: VecEnv, cfg: SHACConfig, run: Run) -> SHACPolicy:
             raise UsageError(f"SHAC: env '{env.name}' returned rewards and observations without gradients")
         actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
-        grad_norm = _grad_norm(list(actor.parameters()))
+        # the norm before clipping; the step is skipped (the run stops) when it exploded
+        grad_norm = nn.utils.clip_grad_norm_(actor.parameters(), cfg.actor_grad_norm)
         if not bool(torch.isfinite(grad_norm)) or float(grad_norm) > GRAD_LIMIT:
             raise NonFiniteError(
                 f"SHAC: actor gradient norm {float(grad_norm):.3g} at env step {run.env_steps} "
                 f"(limit {GRAD_LIMIT:g}): the simulator gradient exploded; lower actor_lr, shorten the horizon "
                 "or soften the contacts (env.contact_ke)"
             )
-        nn.utils.clip_grad_norm_(actor.parameters(), cfg.actor_grad_norm)
         actor_opt.step()
         env.detach()
         obs = obs.detach()

@@ -354,7 +354,7 @@ def pretrain_wm(
     from pwm_bench.datasets import datasets_root
     from pwm_bench.pretrain import PretrainConfig, pretrain_world_model, world_models_root
     from pwm_bench.progress import LogReporter, RichReporter
-    from pwm_bench.runner import resolve_device
+    from pwm_bench.runner import resolve_device, set_threads
     from pwm_bench.world_model import model_config
 
     fancy = sys.stdout.isatty() and not quiet
@@ -362,12 +362,7 @@ def pretrain_wm(
     reporter = RichReporter() if fancy else LogReporter()
     try:
         dev = resolve_device(device)
-        if threads is not None:
-            if threads <= 0:
-                raise UsageError(f"--threads must be positive, got {threads}")
-            import torch
-
-            torch.set_num_threads(threads)
+        set_threads(threads)
         overrides = parse_set_options(set_ or [])
         wm_ov = {k.removeprefix("wm."): v for k, v in overrides.items() if k.startswith("wm.")}
         pre_ov = {k: v for k, v in overrides.items() if not k.startswith("wm.")}

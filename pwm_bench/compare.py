@@ -47,11 +47,10 @@ def cell_tag(algo: str, env: str, preset: str, overrides: Mapping[str, Any]) -> 
     instead of reusing runs made with the old values.
     """
     from pwm_bench.config import apply_overrides, to_dict
-    from pwm_bench.runner import ENV_KEY_PREFIX
+    from pwm_bench.runner import split_overrides
 
     spec = get_algorithm(algo)
-    algo_ov = {k: v for k, v in overrides.items() if not k.startswith(ENV_KEY_PREFIX)}
-    env_ov = {k[len(ENV_KEY_PREFIX) :]: v for k, v in overrides.items() if k.startswith(ENV_KEY_PREFIX)}
+    algo_ov, env_ov = split_overrides(overrides)
     cfg = apply_overrides(spec.config.from_preset(preset, env), algo_ov, what=f"{algo} config key")
     env_cfg = apply_overrides(env_spec(env).config(), env_ov, what=f"'{env}' env option")
     text = json.dumps({"algo": to_dict(cfg), "env": to_dict(env_cfg)}, sort_keys=True, default=str)

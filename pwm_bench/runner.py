@@ -87,7 +87,16 @@ def resolve_device(name: str) -> torch.device:
     raise unknown_choice("device", name, ["auto", "cpu", "cuda", "cuda:<index>"])
 
 
-def _split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)``; None keeps torch's default; raises :class:`UsageError` if < 1."""
+    if threads is None:
+        return
+    if threads <= 0:
+        raise UsageError(f"--threads must be positive, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     algo_ov = {k: v for k, v in overrides.items() if not k.startswith(ENV_KEY_PREFIX)}
     env_ov = {k[len(ENV_KEY_PREFIX) :]: v for k, v in overrides.items() if k.startswith(ENV_KEY_PREFIX)}
     return algo_ov, env_ov
@@ -128,7 +137,7 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
     seed = 0 if req.seed is None else req.seed
     if seed < 0:
         raise UsageError(f"--seed must be non-negative, got {seed}")
-    algo_ov, env_ov = _split_overrides(req.overrides)
+    algo_ov, env_ov = split_overrides(req.overrides)
     cfg = apply_overrides(algo.config.from_preset(preset, req.env), algo_ov, what=f"{algo.name} config key")
     cfg.validate()
     env_cfg = apply_overrides(spec.config(), env_ov, what=f"'{req.env}' env option")
@@ -187,10 +196,7 @@ def execute(req: RunRequest) -> RunResult:
     algo, cfg, env_cfg, record, run_dir = _resolve(req)
     device = resolve_device(req.device if req.resume is None or req.device != "auto" else record["device"])
     seed = int(record["seed"])
-    if req.threads is not None:
-        if req.threads <= 0:
-            raise UsageError(f"--threads must be positive, got {req.threads}")
-        torch.set_num_threads(req.threads)
+    set_threads(req.threads)
     seed_everything(seed)
     env_kwargs = dataclasses.asdict(env_cfg)
     env = make_env(record["env"], cfg.num_envs, device, algo.requires_gradients, **env_kwargs)
