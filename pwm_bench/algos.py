@@ -36,7 +36,12 @@ ENTRY_POINT_GROUP = "pwm_bench.algorithms"
 
 @runtime_checkable
 class Policy(Protocol):
-    """What ``train`` returns: maps observations to actions."""
+    """What ``train`` returns: maps observations to actions.
+
+    A policy with memory across steps of an episode (e.g. a planner's warm start) may also define
+    ``reset_episodes(mask)``; the evaluator calls it with a boolean ``(N,)`` mask of the worlds
+    whose episode begins anew.
+    """
 
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         """Actions ``(N, act_dim)`` in ``[-1, 1]`` for observations ``(N, obs_dim)``."""
@@ -67,6 +72,7 @@ _BUILTIN: dict[str, str] = {
     "ppo": "pwm_bench.baselines.ppo:ALGORITHM",
     "sac": "pwm_bench.baselines.sac:ALGORITHM",
     "shac": "pwm_bench.baselines.shac:ALGORITHM",
+    "tdmpc2": "pwm_bench.baselines.tdmpc2:ALGORITHM",
 }
 _ALGOS: dict[str, Algorithm] = {}
 _ENTRY_POINTS_LOADED = False

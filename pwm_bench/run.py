@@ -107,7 +107,9 @@ def evaluate(policy: Policy, env: VecEnv, seed: int, max_steps: int | None = Non
     """Run one episode per world of ``env`` with the deterministic policy.
 
     Args:
-        policy: anything with ``act(obs, deterministic=True)``.
+        policy: anything with ``act(obs, deterministic=True)``; if it also has
+            ``reset_episodes(mask)``, that is called with a boolean ``(num_envs,)`` mask of the worlds
+            whose episode starts anew (all at reset, then the finished ones after each step).
         env: evaluation env; its ``num_envs`` is the number of episodes.
         seed: reset seed (the same seed gives the same start states).
         max_steps: safety cap on control steps (default: the env's time limit + 1, or 100 000).
@@ -121,8 +123,14 @@ def evaluate(policy: Policy, env: VecEnv, seed: int, max_steps: int | None = Non
     lengths = torch.zeros(n, dtype=torch.float64)
     finished = torch.zeros(n, dtype=torch.bool)
     cap = max_steps or (env.max_episode_steps + 1 if env.max_episode_steps else 100_000)
+    # policies with per-world memory (a planner's warm start) learn where episodes begin
+    new_episodes = getattr(policy, "reset_episodes", None)
+    if new_episodes is not None:
+        new_episodes(torch.ones(n, dtype=torch.bool, device=obs.device))
     for _ in range(cap):
-        obs, _, _, _, info = env.step(policy.act(obs, deterministic=True))
+        obs, _, terminated, truncated, info = env.step(policy.act(obs, deterministic=True))
+        if new_episodes is not None:
+            new_episodes(terminated | truncated)
         new = info["_episode"].cpu() & ~finished
         if bool(new.any()):
             returns[new] = info["episode"]["r"].cpu().double()[new]

@@ -187,6 +187,8 @@ class WorldModelConfig:
     """Dropout in the first layer of each Q network."""
     policy_prior: bool = False
     """Include TD-MPC2's policy prior π(z)."""
+    termination: bool = False
+    """Include a termination head ``p(done | z')`` (TD-MPC2's episodic mode; masks planned returns)."""
     log_std_min: float = -10.0
     """Lower bound of the policy prior's log std."""
     log_std_max: float = 2.0
@@ -270,6 +272,7 @@ class WorldModel(nn.Module):
             for _ in range(cfg.num_q)
         )
         self.pi = build_mlp(L + T, cfg.mlp_hidden, 2 * act_dim, head="linear", **kw) if cfg.policy_prior else None
+        self.term_head = build_mlp(L + T, cfg.mlp_hidden, 1, head="linear", **kw) if cfg.termination else None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -315,27 +318,44 @@ class WorldModel(nn.Module):
             return out.squeeze(-1)
         return two_hot_inv(out, self.cfg.vmin, self.cfg.vmax, symlog_space=symlog_space)
 
-    def q_logits(self, z: torch.Tensor, a: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
-        """All Q heads' logits ``(num_q, ..., K)``."""
-        if not self.qs:
+    def q_logits(
+        self,
+        z: torch.Tensor,
+        a: torch.Tensor,
+        task: torch.Tensor | None = None,
+        heads: Sequence[nn.Module] | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(num_q, ..., K)`` of all Q heads (or of ``heads``, e.g. target copies of :attr:`qs`)."""
+        heads = self.qs if heads is None else heads
+        if not heads:
             raise ValueError("this world model has no Q ensemble (num_q = 0)")
         x = self._cat([z, a], task)
-        return torch.stack([q(x) for q in self.qs])
+        return torch.stack([q(x) for q in heads])
 
-    def policy(
-        self, z: torch.Tensor, task: torch.Tensor | None = None, deterministic: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy prior: ``tanh``-squashed action ``(..., A)`` and the pre-tanh mean ``(..., A)``.
+    def termination_logit(self, z: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        """Logit ``(...)`` of the probability that the transition into latent ``z (..., L)`` ended the episode."""
+        if self.term_head is None:
+            raise ValueError("this world model has no termination head (termination = False)")
+        return self.term_head(self._cat([z], task)).squeeze(-1)
+
+    def policy_dist(self, z: torch.Tensor, task: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy prior's pre-tanh Gaussian: mean and log std, each ``(..., A)``.
 
         ``log_std = min + (max - min) (tanh(x) + 1) / 2`` as in TD-MPC2.
         """
         if self.pi is None:
             raise ValueError("this world model has no policy prior (policy_prior = False)")
         mean, x = self.pi(self._cat([z], task)).chunk(2, dim=-1)
+        lo, hi = self.cfg.log_std_min, self.cfg.log_std_max
+        return mean, lo + 0.5 * (hi - lo) * (torch.tanh(x) + 1.0)
+
+    def policy(
+        self, z: torch.Tensor, task: torch.Tensor | None = None, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy prior: ``tanh``-squashed action ``(..., A)`` (a sample, or ``tanh(mean)``) and the mean."""
+        mean, log_std = self.policy_dist(z, task)
         if deterministic:
             return torch.tanh(mean), mean
-        lo, hi = self.cfg.log_std_min, self.cfg.log_std_max
-        log_std = lo + 0.5 * (hi - lo) * (torch.tanh(x) + 1.0)
         return torch.tanh(mean + torch.randn_like(mean) * log_std.exp()), mean
 
 

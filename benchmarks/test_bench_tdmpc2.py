@@ -1,0 +1,85 @@
+"""pytest-benchmark suite: TD-MPC2 planning latency and update speed.
+
+Run it with::
+
+    python -m pytest benchmarks/test_bench_tdmpc2.py -q
+    PWM_BENCH_DEVICE=cuda python -m pytest benchmarks/test_bench_tdmpc2.py -q
+
+For the ``cpu`` preset's model and the reference 5M model (hopper sizes: 11 observations,
+3 actions), it times one MPPI planning call for a batch of 1 and of 64 worlds (planning is batched
+over worlds) and one update (model + policy prior, batch 256, H = 3). ``extra_info`` records the
+latency per call and per action, and updates per second. The 5M model on a CPU takes about a
+minute per 64-world plan, so that case runs a single round.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+
+from pwm_bench.baselines.tdmpc2 import TDMPC2Agent, TDMPC2Config
+
+DEVICE = os.environ.get("PWM_BENCH_DEVICE", "cpu")
+OBS, ACT = 11, 3
+PRESETS = ["cpu", "paper"]
+
+
+def _sync() -> None:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _agent(preset: str) -> TDMPC2Agent:
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    cfg = TDMPC2Config.from_preset(preset, "hopper")
+    return TDMPC2Agent(OBS, ACT, cfg, discount=0.99).to(DEVICE)
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_plan_latency(benchmark: Any, preset: str, batch: int) -> None:
+    agent = _agent(preset)
+    obs = torch.randn(batch, OBS, device=DEVICE)
+    prev = None
+
+    def plan() -> None:
+        nonlocal prev
+        _, prev = agent.plan(obs, prev, explore=False)
+        _sync()
+
+    plan()  # warm-up (allocations, kernels)
+    slow = preset == "paper" and batch > 1 and not DEVICE.startswith("cuda")
+    benchmark.pedantic(plan, rounds=1 if slow else 5, iterations=1)
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info.update(
+        preset=preset,
+        device=DEVICE,
+        worlds=batch,
+        samples=agent.mppi_cfg.num_samples,
+        iterations=agent.mppi_cfg.iterations,
+        ms_per_call=1000 * mean,
+        ms_per_action=1000 * mean / batch,
+    )
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_update(benchmark: Any, preset: str) -> None:
+    agent = _agent(preset)
+    h, b = agent.cfg.horizon, agent.cfg.batch_size
+    obs = torch.randn(h + 1, b, OBS, device=DEVICE)
+    action = torch.rand(h, b, ACT, device=DEVICE) * 2 - 1
+    reward = torch.randn(h, b, device=DEVICE)
+    term = torch.zeros(h, b, device=DEVICE)
+
+    def update() -> None:
+        agent.update(obs, action, reward, term)
+        _sync()
+
+    update()
+    benchmark.pedantic(update, rounds=10, iterations=1)
+    benchmark.extra_info.update(preset=preset, device=DEVICE, batch=b, updates_per_s=1 / benchmark.stats.stats.mean)
