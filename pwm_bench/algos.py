@@ -59,6 +59,9 @@ class Algorithm:
         description: one line for ``pwm-bench list``.
         requires_gradients: the algorithm differentiates through the simulator and needs an env
             built with ``differentiable=True``.
+        prepare: optional ``prepare(cfg, ctx) -> cfg`` called once before a fresh run is created
+            (not on resume), with a :class:`PrepareContext`; it may build cached artefacts the run
+            needs (datasets, pretrained models) and returns the config that the run records.
     """
 
     name: str
@@ -66,6 +69,24 @@ class Algorithm:
     train: Callable[[VecEnv, Any, Run], Policy]
     description: str
     requires_gradients: bool = False
+    prepare: Callable[[Any, PrepareContext], Any] | None = None
+
+
+@dataclasses.dataclass
+class PrepareContext:
+    """What :attr:`Algorithm.prepare` knows about the run being created."""
+
+    env: str
+    """Env name."""
+    env_overrides: dict[str, Any]
+    """Env config overrides of the run (``--set env.KEY=VALUE`` without the prefix)."""
+    seed: int
+    preset: str
+    device: torch.device
+    out: Any
+    """Results root (a path)."""
+    reporter: Any
+    """The run's progress reporter."""
 
 
 _BUILTIN: dict[str, str] = {
@@ -73,6 +94,7 @@ _BUILTIN: dict[str, str] = {
     "sac": "pwm_bench.baselines.sac:ALGORITHM",
     "shac": "pwm_bench.baselines.shac:ALGORITHM",
     "tdmpc2": "pwm_bench.baselines.tdmpc2:ALGORITHM",
+    "pwm": "pwm_bench.pwm:ALGORITHM",
 }
 _ALGOS: dict[str, Algorithm] = {}
 _ENTRY_POINTS_LOADED = False
@@ -136,6 +158,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Algorithm",
     "Policy",
+    "PrepareContext",
     "algorithm_names",
     "get_algorithm",
     "register_algorithm",

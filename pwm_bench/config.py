@@ -64,6 +64,14 @@ class TrainConfig:
         cfg = cls()
         return apply_overrides(cfg, cfg.preset_overrides(preset, env))
 
+    def budget(self) -> tuple[str, int]:
+        """``(unit, total)`` of the run's budget: ``("env_steps", total_steps)``.
+
+        Algorithms that do not interact with the env (offline training) return
+        ``("iterations", n)``; ``eval_every`` is then counted in iterations too.
+        """
+        return "env_steps", self.total_steps
+
     def validate(self) -> None:
         """Check cross-field constraints; raise :class:`UsageError` naming the bad field."""
         for name in ("total_steps", "num_envs", "eval_every", "eval_episodes"):

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 METRIC_NAMES: tuple[str, ...] = (
     "env_steps",
+    "iteration",
     "wall_time",
     "train/episode_return",
     "train/episode_length",
@@ -65,7 +66,8 @@ METRIC_NAMES: tuple[str, ...] = (
 )
 """Metric names shared by every algorithm, in ``metrics.csv`` column order. ``env_steps`` counts
 environment steps over all worlds; ``wall_time`` is seconds of training (summed over resumes);
-``time/sps`` is env steps per second of the iteration (evaluation excluded). Algorithms add
+``time/sps`` is env steps per second of the iteration (evaluation excluded); ``iteration`` counts
+iterations (the budget unit of algorithms that do not interact with the env). Algorithms add
 others under the same prefixes."""
 
 NON_DETERMINISTIC_COLUMNS: tuple[str, ...] = ("wall_time", "time/sps")
@@ -215,10 +217,12 @@ class Run:
         self.ckpt_dir = self.dir / "checkpoints"
 
         self.env_steps = 0
+        self.iterations = 0
+        self.budget_unit, self.budget = cfg.budget()
         self.rows: list[dict[str, float]] = []
         self.next_eval_at = cfg.eval_every
         self.best_eval_return: float | None = None
-        self.last_eval: tuple[int, float, float] | None = None  # (env_steps, return, length)
+        self.last_eval: tuple[int, float, float] | None = None  # (progress, return, length)
         self.resumes = 0
         self._wall_base = 0.0
         self._t0 = time.monotonic()
@@ -240,9 +244,14 @@ class Run:
         return self.seed + 7919 * self.resumes
 
     @property
+    def progress(self) -> int:
+        """Progress in the budget's unit: env steps, or iterations (see ``TrainConfig.budget``)."""
+        return self.iterations if self.budget_unit == "iterations" else self.env_steps
+
+    @property
     def done(self) -> bool:
-        """Whether the env-step budget is spent."""
-        return self.env_steps >= self.cfg.total_steps
+        """Whether the budget is spent."""
+        return self.progress >= self.budget
 
     @property
     def wall_time(self) -> float:
@@ -297,9 +306,14 @@ class Run:
             RunInterrupted: after saving a checkpoint, if a stop was requested.
         """
         self._state_fn = state_fn
+        self.iterations += 1
         now = time.monotonic()
         steps = self.env_steps - self._iter_steps0
-        row: dict[str, float] = {"env_steps": float(self.env_steps), "wall_time": self.wall_time}
+        row: dict[str, float] = {
+            "env_steps": float(self.env_steps),
+            "iteration": float(self.iterations),
+            "wall_time": self.wall_time,
+        }
         if self._episodes:
             row["train/episode_return"] = float(np.mean([e[0] for e in self._episodes]))
             row["train/episode_length"] = float(np.mean([e[1] for e in self._episodes]))
@@ -307,14 +321,14 @@ class Run:
         row.update(self._pending)
         self._pending, self._episodes = {}, []
         evaluated = False
-        if self.env_steps >= self.next_eval_at or (self.done and not self._evaluated_now()):
+        if self.progress >= self.next_eval_at or (self.done and not self._evaluated_now()):
             self._evaluate(policy, row)
-            while self.next_eval_at <= self.env_steps:
+            while self.next_eval_at <= self.progress:
                 self.next_eval_at += self.cfg.eval_every
             evaluated = True
         self.rows.append(row)
         self.reporter.update(
-            self.env_steps,
+            self.progress,
             train_return=row.get("train/episode_return"),
             eval_return=self.last_eval[1] if self.last_eval else None,
             sps=row["time/sps"],
@@ -356,6 +370,7 @@ class Run:
         """Continue from checkpoint ``path`` (counters, metrics rows, RNG and algorithm state)."""
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         self.env_steps = int(ckpt["env_steps"])
+        self.iterations = int(ckpt.get("iterations", len(ckpt["rows"])))
         self.rows = list(ckpt["rows"])
         self.next_eval_at = int(ckpt["next_eval_at"])
         self.best_eval_return = ckpt["best_eval_return"]
@@ -372,6 +387,7 @@ class Run:
             "format": CHECKPOINT_FORMAT,
             "algo_state": state_fn(),
             "env_steps": self.env_steps,
+            "iterations": self.iterations,
             "rows": self.rows,
             "next_eval_at": self.next_eval_at,
             "best_eval_return": self.best_eval_return,
@@ -384,9 +400,9 @@ class Run:
         torch.save(ckpt, buf)
         data = buf.getvalue()
         atomic_save(self.ckpt_dir / "latest.pt", lambda fh: fh.write(data))
-        if self.last_eval and self.last_eval[0] == self.env_steps and self.last_eval[1] == self.best_eval_return:
+        if self.last_eval and self.last_eval[0] == self.progress and self.last_eval[1] == self.best_eval_return:
             atomic_save(self.ckpt_dir / "best.pt", lambda fh: fh.write(data))
-        self._checkpointed_at = self.env_steps
+        self._checkpointed_at = self.progress
         self.write_metrics()
         self.write_summary("running")
 
@@ -399,7 +415,7 @@ class Run:
             if not self.rows:
                 self.rows.append(row)
             evaluated = True
-        if evaluated or self._checkpointed_at != self.env_steps:
+        if evaluated or self._checkpointed_at != self.progress:
             self.checkpoint(self._state_fn)
         self.write_summary("completed")
 
@@ -432,6 +448,8 @@ class Run:
             "device": str(self.device),
             "env_steps": self.env_steps,
             "total_steps": self.cfg.total_steps,
+            "iterations": self.iterations,
+            "budget": {"unit": self.budget_unit, "total": self.budget},
             "wall_time": round(self.wall_time, 3),
             "final_eval_return": self.last_eval[1] if self.last_eval else None,
             "final_eval_length": self.last_eval[2] if self.last_eval else None,
@@ -451,7 +469,7 @@ class Run:
     # -- internals ------------------------------------------------------------------------------------
 
     def _evaluated_now(self) -> bool:
-        return self.last_eval is not None and self.last_eval[0] == self.env_steps
+        return self.last_eval is not None and self.last_eval[0] == self.progress
 
     def _evaluate(self, policy: Policy, row: dict[str, float]) -> None:
         if self.eval_env is None:
@@ -460,7 +478,7 @@ class Run:
         if not math.isfinite(ret):
             raise NonFiniteError(f"non-finite evaluation return {ret} at env step {self.env_steps}")
         row["eval/episode_return"], row["eval/episode_length"] = ret, length
-        self.last_eval = (self.env_steps, ret, length)
+        self.last_eval = (self.progress, ret, length)
         if self.best_eval_return is None or ret > self.best_eval_return:
             self.best_eval_return = ret
-        self.reporter.note_eval(self.env_steps, ret)
+        self.reporter.note_eval(self.progress, ret)

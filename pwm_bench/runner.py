@@ -138,6 +138,8 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
     if seed < 0:
         raise UsageError(f"--seed must be non-negative, got {seed}")
     algo_ov, env_ov = split_overrides(req.overrides)
+    # ``--set pwm.dataset=X`` is the same as ``--set dataset=X`` for algorithm pwm
+    algo_ov = {k.removeprefix(f"{algo.name}."): v for k, v in algo_ov.items()}
     cfg = apply_overrides(algo.config.from_preset(preset, req.env), algo_ov, what=f"{algo.name} config key")
     cfg.validate()
     env_cfg = apply_overrides(spec.config(), env_ov, what=f"'{req.env}' env option")
@@ -197,13 +199,28 @@ def execute(req: RunRequest) -> RunResult:
     device = resolve_device(req.device if req.resume is None or req.device != "auto" else record["device"])
     seed = int(record["seed"])
     set_threads(req.threads)
+    reporter = req.reporter or Reporter()
+    if req.resume is None and algo.prepare is not None:
+        from pwm_bench.algos import PrepareContext
+
+        ctx = PrepareContext(
+            env=record["env"],
+            env_overrides=split_overrides(req.overrides)[1],
+            seed=seed,
+            preset=record["preset"],
+            device=device,
+            out=Path(req.out),
+            reporter=reporter,
+        )
+        cfg = algo.prepare(cfg, ctx)
+        cfg.validate()
+        record["algo_config"] = to_dict(cfg)
     seed_everything(seed)
     env_kwargs = dataclasses.asdict(env_cfg)
     env = make_env(record["env"], cfg.num_envs, device, algo.requires_gradients, **env_kwargs)
     if req.wrap_env is not None:
         env = req.wrap_env(env, run_dir)
     eval_env = make_env(record["env"], cfg.eval_episodes, device, False, **env_kwargs)
-    reporter = req.reporter or Reporter()
     run = Run(run_dir, cfg=cfg, config_record=record, seed=seed, device=device, eval_env=eval_env, reporter=reporter)
     if req.resume is not None:
         removed = remove_stale_temporaries(run_dir)
@@ -217,7 +234,7 @@ def execute(req: RunRequest) -> RunResult:
             log.info("no checkpoint in %s; starting it from the beginning", run_dir)
     run.start()
     title = f"{algo.name} · {record['env']} · seed {seed}"
-    reporter.start(title, cfg.total_steps, run.env_steps)
+    reporter.start(title, run.budget, run.progress)
     log.info("run folder: %s", run_dir)
     status, error, policy = "failed", None, None
     try:
