@@ -69,6 +69,7 @@ class LogReporter(Reporter):
     def start(self, title: str, total: int, completed: int = 0) -> None:
         self._title, self._total, self._start_steps = title, max(total, 1), completed
         self._start = self._last = time.monotonic()
+        self._fields = {}  # a reporter may serve several runs (a pipeline's stages)
         log.info("%s: starting at env step %s of %s", title, _fmt_steps(completed), _fmt_steps(total))
 
     def _line(self, completed: int) -> str:

@@ -19,8 +19,11 @@ Two modes:
   env steps in lock-step with the imagined rollout (same actions, no simulator gradients) to collect
   data and score real returns; a world whose real episode ends closes its imagined segment
   (bootstrap 0 after a termination, ``V(ẑ)`` after a time limit) and restarts from the encoding of
-  its new real observation. The model is fine-tuned ``wm_iterations`` steps per epoch on the
-  collected windows. Env steps count against the budget as for every other algorithm.
+  its new real observation. The model is fine-tuned ``wm_iterations`` steps per epoch on
+  windows drawn half from the collected data and half from the pretraining dataset (a departure
+  from the reference, which fine-tunes on the new data alone: a small early replay made the model
+  forget its pretraining and the policy stop improving), once ``finetune_after`` transitions exist.
+  Env steps count against the budget as for every other algorithm.
 - ``offline``: start states are observations sampled from a dataset; the model is frozen; the env is
   used only for evaluation. The budget is ``epochs`` policy iterations (``env_steps`` stays 0).
 
@@ -156,6 +159,12 @@ class PWMConfig(TrainConfig):
     """Online: fine-tune the model on the collected data."""
     wm_iterations: int = 8
     """Online: model gradient steps per epoch."""
+    finetune_encoder: bool = False
+    """Online: fine-tune the encoder too (reference); False keeps the latent space the actor and critics see fixed."""
+    finetune_after: int = 10_000
+    """Online: fine-tuning starts once this many real transitions are collected."""
+    finetune_offline_fraction: float = 0.5
+    """Online: share of each fine-tuning batch drawn from the pretraining dataset (when known)."""
     replay_size: int = 1_000_000
     """Online: transitions kept for fine-tuning."""
     collect_algo: str = "shac"
@@ -181,15 +190,18 @@ class PWMConfig(TrainConfig):
                 "pretrain_steps": 100,
                 "wm_batch_size": 32,
                 "wm_iterations": 2,
+                "finetune_after": 128,
                 "collect_preset": "smoke",
                 "epochs": 20,
                 "batch_size": 32,
             }
         if preset == "cpu":
+            # the paper's networks and learning rates; 32 worlds for 1000 epochs (512k env steps),
+            # a narrower world model pretrained 5k steps on 262k transitions of a SHAC run
             return {
-                "num_envs": 64,
-                "total_steps": 64 * 16 * 500,
-                "eval_every": 64 * 16 * 100,
+                "num_envs": 32,
+                "total_steps": 32 * 16 * 1000,
+                "eval_every": 51_200,
                 "eval_episodes": 8,
                 "wm_latent_dim": 128,
                 "wm_mlp_dim": 256,
@@ -622,7 +634,8 @@ def train(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
     critic_opt = torch.optim.Adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
     online = cfg.mode == "online"
     finetune = online and cfg.finetune_wm
-    wm_opt = torch.optim.Adam(wm.parameters(), lr=cfg.wm_lr) if finetune else None
+    tuned = [p for n, p in wm.named_parameters() if cfg.finetune_encoder or not n.startswith("encoder.")]
+    wm_opt = torch.optim.Adam(tuned, lr=cfg.wm_lr) if finetune else None
     ret_rms = RunningMeanStd(()).to(device)
     replay = (
         WindowReplay(min(cfg.replay_size, cfg.total_steps), env.num_envs, env.obs_dim, env.act_dim, device)
@@ -630,12 +643,13 @@ def train(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
         else None
     )
     dataset = None
-    if not online:
+    if not online and cfg.dataset is None:
+        raise UsageError("offline PWM needs a dataset for its start states")
+    if cfg.dataset is not None and (not online or (finetune and cfg.finetune_offline_fraction > 0)):
         from pwm_bench.datasets import EpisodeDataset
 
-        if cfg.dataset is None:
-            raise UsageError("offline PWM needs a dataset for its start states")
         dataset = EpisodeDataset(cfg.dataset, device=device)
+    n_offline = round(cfg.wm_batch_size * cfg.finetune_offline_fraction) if dataset is not None else 0
     policy = PWMPolicy(wm, actor)
     epoch = 0
 
@@ -701,16 +715,22 @@ def train(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
         critic_loss = train_critics(critics, critic_opt, window.latents, targets, cfg)
 
         wm_metrics: dict[str, float] = {}
-        if finetune and replay is not None and replay.can_sample(cfg.horizon):
-            wm.requires_grad_(True)
+        if finetune and replay is not None and len(replay) >= cfg.finetune_after and replay.can_sample(cfg.horizon):
+            # fine-tune on a mix of the pretraining data and the new real transitions, so a small,
+            # narrow replay does not make the model forget what it learned offline
+            for p in tuned:
+                p.requires_grad_(True)
             wm.train()
             cons = rew = 0.0
             for _ in range(cfg.wm_iterations):
-                o, a, r, _ = replay.sample(cfg.wm_batch_size, cfg.horizon)
+                o, a, r, _ = replay.sample(cfg.wm_batch_size - n_offline, cfg.horizon)
+                if n_offline:
+                    b = dataset.sample(n_offline, cfg.horizon)
+                    o, a, r = torch.cat([o, b.obs], 1), torch.cat([a, b.action], 1), torch.cat([r, b.reward], 1)
                 losses = world_model_loss(wm, o, a, r, rho=cfg.wm_rho)
                 wm_opt.zero_grad(set_to_none=True)
                 losses.total.backward()
-                nn.utils.clip_grad_norm_(wm.parameters(), 20.0)
+                nn.utils.clip_grad_norm_(tuned, 20.0)
                 wm_opt.step()
                 cons += float(losses.consistency)
                 rew += float(losses.reward)

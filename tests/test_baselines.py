@@ -183,7 +183,7 @@ def test_compare_cli_rejects_bad_input() -> None:
     assert "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("algo", ["ppo", "sac", "shac", "tdmpc2"])
+@pytest.mark.parametrize("algo", ["ppo", "sac", "shac", "tdmpc2", "pwm"])
 @pytest.mark.parametrize("env", ["hopper", "ant", "humanoid", "double_pendulum", "pointmass"])
 def test_every_preset_resolves_and_validates(algo: str, env: str) -> None:
     from pwm_bench.algos import get_algorithm

@@ -203,3 +203,28 @@ def test_bad_artefact_names_are_a_one_line_usage_error(out: Path) -> None:
     assert "Traceback" not in res.stderr
     res = cli("run", "--algo", "pwm", "--env", "pointmass", "--set", "mode=offline", "--out", str(out))
     assert res.returncode == 2 and "dataset" in res.stderr
+
+
+# point-mass pipeline that learns (zero actions score about -310): SHAC data, a world model good
+# enough to rank actions (about 4k pretraining steps), then online PWM without fine-tuning
+PWM_POINTMASS = {
+    "collect_steps": "65536",
+    "pretrain_steps": "4000",
+    "wm_latent_dim": "64",
+    "wm_mlp_dim": "128",
+    "wm_enc_dim": "128",
+    "wm_batch_size": "128",
+    "finetune_wm": "false",
+    "num_envs": "64",
+    "total_steps": "204800",
+    "eval_every": "40960",
+    "actor_hidden": "[64,64]",
+    "critic_hidden": "[64,64]",
+}
+
+
+@pytest.mark.slow
+def test_pwm_learns_pointmass(out: Path) -> None:
+    result = run_inprocess(out, algo="pwm", preset="cpu", overrides=PWM_POINTMASS)
+    assert result.status == "completed"
+    assert result.summary["final_eval_return"] > -250.0, result.summary
