@@ -55,7 +55,7 @@ from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError, unknown_choice
 from pwm_bench.replay import WindowReplay
 from pwm_bench.run import Run
-from pwm_bench.world_model import MODEL_SIZES, WorldModel, model_config, reward_loss, rho_weights, two_hot_inv
+from pwm_bench.world_model import MODEL_SIZES, WorldModel, reward_loss, rho_weights, sized_config, two_hot_inv
 
 # --------------------------------------------------------------------------------------------------
 # configuration
@@ -217,17 +217,12 @@ class TDMPC2Config(TrainConfig):
 
     def world_model_config(self) -> Any:
         """The :class:`~pwm_bench.world_model.WorldModelConfig` this agent builds."""
-        base = MODEL_SIZES[self.model_size]
         over: dict[str, Any] = {"termination": self.episodic, "policy_prior": True}
-        if self.latent_dim is not None:
-            over["latent_dim"] = self.latent_dim
-        if self.mlp_dim is not None:
-            over["mlp_hidden"] = (self.mlp_dim,) * len(base["mlp_hidden"])
-        if self.enc_dim is not None:
-            over["enc_hidden"] = (self.enc_dim,) * len(base["enc_hidden"])
         if self.num_q is not None:
             over["num_q"] = self.num_q
-        return model_config(self.model_size, **over)
+        return sized_config(
+            self.model_size, latent_dim=self.latent_dim, mlp_dim=self.mlp_dim, enc_dim=self.enc_dim, **over
+        )
 
 
 def discount_heuristic(episode_length: int | None, lo: float = 0.95, hi: float = 0.995) -> float:

@@ -68,7 +68,7 @@ from pwm_bench.errors import NonFiniteError, UsageError
 from pwm_bench.nn import RunningMeanStd
 from pwm_bench.replay import WindowReplay
 from pwm_bench.run import Run
-from pwm_bench.world_model import MODEL_SIZES, WorldModel, model_config, world_model_loss
+from pwm_bench.world_model import MODEL_SIZES, WorldModel, sized_config, world_model_loss
 
 log = logging.getLogger(__name__)
 
@@ -257,15 +257,9 @@ class PWMConfig(TrainConfig):
 
     def world_model_config(self) -> Any:
         """Architecture of the world model the pipeline pretrains."""
-        base = MODEL_SIZES[self.wm_size]
-        over: dict[str, Any] = {}
-        if self.wm_latent_dim is not None:
-            over["latent_dim"] = self.wm_latent_dim
-        if self.wm_mlp_dim is not None:
-            over["mlp_hidden"] = (self.wm_mlp_dim,) * len(base["mlp_hidden"])
-        if self.wm_enc_dim is not None:
-            over["enc_hidden"] = (self.wm_enc_dim,) * len(base["enc_hidden"])
-        return model_config(self.wm_size, **over)
+        return sized_config(
+            self.wm_size, latent_dim=self.wm_latent_dim, mlp_dim=self.wm_mlp_dim, enc_dim=self.wm_enc_dim
+        )
 
 
 # --------------------------------------------------------------------------------------------------

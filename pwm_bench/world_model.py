@@ -247,6 +247,25 @@ def model_config(size: str, **overrides: Any) -> WorldModelConfig:
     return cfg
 
 
+def sized_config(
+    size: str,
+    *,
+    latent_dim: int | None = None,
+    mlp_dim: int | None = None,
+    enc_dim: int | None = None,
+    **overrides: Any,
+) -> WorldModelConfig:
+    """:func:`model_config` of a named size with its widths optionally changed (same layer counts)."""
+    base = MODEL_SIZES.get(size, {})
+    if latent_dim is not None:
+        overrides["latent_dim"] = latent_dim
+    if mlp_dim is not None:
+        overrides["mlp_hidden"] = (mlp_dim,) * len(base.get("mlp_hidden", (0, 0)))
+    if enc_dim is not None:
+        overrides["enc_hidden"] = (enc_dim,) * len(base.get("enc_hidden", (0,)))
+    return model_config(size, **overrides)
+
+
 class WorldModel(nn.Module):
     """Encoder, latent dynamics and reward (plus optional Q ensemble, policy prior, task embedding).
 
@@ -460,6 +479,7 @@ __all__ = [
     "parameter_count",
     "reward_loss",
     "rho_weights",
+    "sized_config",
     "soft_ce",
     "symexp",
     "symlog",
