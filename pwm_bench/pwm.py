@@ -155,6 +155,8 @@ class PWMConfig(TrainConfig):
     """World-model Adam learning rate (pretraining; the fine-tuning LR decays from it)."""
     wm_rho: float = 0.99
     """Per-step weight base of the world-model losses."""
+    wm_consistency_coef: float = 1.0
+    """Weight of the latent consistency loss against the reward loss (PWM: 1, TD-MPC2: 20)."""
     finetune_wm: bool = True
     """Online: fine-tune the model on the collected data."""
     wm_iterations: int = 8
@@ -519,6 +521,7 @@ def prepare(cfg: PWMConfig, ctx: Any) -> PWMConfig:
         horizon=cfg.horizon,
         lr=cfg.wm_lr,
         rho=cfg.wm_rho,
+        consistency_coef=cfg.wm_consistency_coef,
         seed=ctx.seed,
         eval_every=max(1, min(1000, cfg.pretrain_steps // 5)),
     )
@@ -721,7 +724,7 @@ def train(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
                 if n_offline:
                     b = dataset.sample(n_offline, cfg.horizon)
                     o, a, r = torch.cat([o, b.obs], 1), torch.cat([a, b.action], 1), torch.cat([r, b.reward], 1)
-                losses = world_model_loss(wm, o, a, r, rho=cfg.wm_rho)
+                losses = world_model_loss(wm, o, a, r, rho=cfg.wm_rho, consistency_coef=cfg.wm_consistency_coef)
                 wm_opt.zero_grad(set_to_none=True)
                 losses.total.backward()
                 nn.utils.clip_grad_norm_(tuned, 20.0)

@@ -1,15 +1,17 @@
-"""pytest-benchmark suite: TD-MPC2 planning latency and update speed.
+"""pytest-benchmark suite: per-action latency of TD-MPC2 (planning) and PWM (policy), TD-MPC2 updates.
 
 Run it with::
 
-    python -m pytest benchmarks/test_bench_tdmpc2.py -q
-    PWM_BENCH_DEVICE=cuda python -m pytest benchmarks/test_bench_tdmpc2.py -q
+    python -m pytest benchmarks/test_bench_agents.py -q
+    PWM_BENCH_DEVICE=cuda python -m pytest benchmarks/test_bench_agents.py -q
 
 For the ``cpu`` preset's model and the reference 5M model (hopper sizes: 11 observations,
 3 actions), it times one MPPI planning call for a batch of 1 and of 64 worlds (planning is batched
 over worlds) and one update (model + policy prior, batch 256, H = 3). ``extra_info`` records the
 latency per call and per action, and updates per second. The 5M model on a CPU takes about a
-minute per 64-world plan, so that case runs a single round.
+minute per 64-world plan, so that case runs a single round. PWM acts with one encoder and one
+actor forward pass (no planning); its latency is timed for the `cpu` preset's model and the paper's
+single-task model with the same batch sizes, which is the paper's inference-time comparison.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import pytest
 import torch
 
 from pwm_bench.baselines.tdmpc2 import TDMPC2Agent, TDMPC2Config
+from pwm_bench.pwm import LatentActor, PWMConfig, PWMPolicy
+from pwm_bench.world_model import WorldModel
 
 DEVICE = os.environ.get("PWM_BENCH_DEVICE", "cpu")
 OBS, ACT = 11, 3
@@ -83,3 +87,27 @@ def test_update(benchmark: Any, preset: str) -> None:
     update()
     benchmark.pedantic(update, rounds=10, iterations=1)
     benchmark.extra_info.update(preset=preset, device=DEVICE, batch=b, updates_per_s=1 / benchmark.stats.stats.mean)
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_pwm_act_latency(benchmark: Any, preset: str, batch: int) -> None:
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    cfg = PWMConfig.from_preset(preset, "hopper")
+    wm = WorldModel(OBS, ACT, cfg.world_model_config()).to(DEVICE).eval()
+    actor = LatentActor(wm.cfg.latent_dim, ACT, cfg.actor_hidden).to(DEVICE)
+    policy = PWMPolicy(wm, actor)
+    obs = torch.randn(batch, OBS, device=DEVICE)
+
+    def act() -> None:
+        policy.act(obs)
+        _sync()
+
+    act()
+    benchmark.pedantic(act, rounds=50, iterations=1)
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info.update(
+        preset=preset, device=DEVICE, worlds=batch, ms_per_call=1000 * mean, ms_per_action=1000 * mean / batch
+    )
