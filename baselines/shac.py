@@ -204,7 +204,7 @@ class SHACPolicy(NormalizedPolicy):
 
 
 def td_lambda_targets(
-    rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor, gamma: float, lam: float
+    rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor, gamma: float | torch.Tensor, lam: float
 ) -> torch.Tensor:
     """Truncated TD(λ) returns over a window, computed backwards.
 
@@ -217,7 +217,7 @@ def td_lambda_targets(
         rewards: ``(h, N)``.
         next_values: ``(h, N)``.
         dones: ``(h, N)`` booleans or 0/1 floats.
-        gamma: discount.
+        gamma: discount, or per-step discounts ``(h, N)`` (e.g. γ times a continuation probability).
         lam: λ.
 
     Returns:
@@ -229,7 +229,7 @@ def td_lambda_targets(
     g = next_values[h - 1]
     for i in range(h - 1, -1, -1):
         bootstrap = done[i] * next_values[i] + (1.0 - done[i]) * ((1.0 - lam) * next_values[i] + lam * g)
-        g = rewards[i] + gamma * bootstrap
+        g = rewards[i] + (gamma[i] if isinstance(gamma, torch.Tensor) else gamma) * bootstrap
         out[i] = g
     return out
 

@@ -84,6 +84,7 @@ def _losses(model: WorldModel, ds: EpisodeDataset, cfg: PretrainConfig, gen: tor
         consistency_coef=cfg.consistency_coef,
         reward_coef=cfg.reward_coef,
         task=task,
+        terminated=b.terminated,
     )
 
 

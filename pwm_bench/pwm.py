@@ -155,6 +155,9 @@ class PWMConfig(TrainConfig):
     """World-model Adam learning rate (pretraining; the fine-tuning LR decays from it)."""
     wm_rho: float = 0.99
     """Per-step weight base of the world-model losses."""
+    wm_termination: bool = False
+    """Give the pretrained model a termination head and weight imagined rewards and bootstraps by the
+    predicted probability of still being alive (not in the reference, whose imagination never ends)."""
     wm_consistency_coef: float = 1.0
     """Weight of the latent consistency loss against the reward loss (PWM: 1, TD-MPC2: 20)."""
     finetune_wm: bool = True
@@ -260,7 +263,11 @@ class PWMConfig(TrainConfig):
     def world_model_config(self) -> Any:
         """Architecture of the world model the pipeline pretrains."""
         return sized_config(
-            self.wm_size, latent_dim=self.wm_latent_dim, mlp_dim=self.wm_mlp_dim, enc_dim=self.wm_enc_dim
+            self.wm_size,
+            latent_dim=self.wm_latent_dim,
+            mlp_dim=self.wm_mlp_dim,
+            enc_dim=self.wm_enc_dim,
+            termination=self.wm_termination,
         )
 
 
@@ -345,6 +352,8 @@ class Imagination:
         rewards: ``(H, N)`` detached model rewards.
         next_values: ``(H, N)`` detached bootstraps ``min V(z_{t+1})`` (0 after a real termination).
         dones: ``(H, N)`` segment ends (real episode ends, and the window's last step).
+        continuation: ``(H, N)`` predicted probability of being alive after each step (1 without a
+            termination head).
         env_steps: real env steps taken (online).
     """
 
@@ -354,6 +363,7 @@ class Imagination:
     rewards: torch.Tensor
     next_values: torch.Tensor
     dones: torch.Tensor
+    continuation: torch.Tensor
     env_steps: int = 0
 
 
@@ -385,8 +395,11 @@ def imagine(
     disc = torch.ones(n, device=z0.device)
     loss = torch.zeros(n, device=z0.device)
     returns = torch.zeros(n, device=z0.device)
-    zs, rs, vs, ds = [], [], [], []
+    zs, rs, vs, ds, cs = [], [], [], [], []
     steps = 0
+    # a model with a termination head: weigh what follows by the predicted probability of being alive
+    alive = torch.ones(n, device=z0.device)
+    term_aware = wm.term_head is not None
     symlog_space = cfg.reward_decode == "symlog"
     for t in range(h):
         a = actor(z.detach())
@@ -408,9 +421,12 @@ def imagine(
                 run.record_episodes(info)
             v_next = torch.where(terminated, torch.zeros_like(v_next), v_next)
             obs = next_obs
-        rew_acc = rew_acc + disc * r
+        rew_acc = rew_acc + disc * alive * r
+        cont = torch.sigmoid(-wm.termination_logit(z_next, task)) if term_aware else torch.ones_like(alive)
+        alive = alive * cont
+        cs.append(cont.detach())
         end = done | last
-        boot = disc * gamma
+        boot = disc * gamma * alive
         if last and cfg.terminal_discount == "gamma_h_plus_1":
             boot = torch.where(done, boot, boot * gamma)
         seg = -(rew_acc + boot * v_next)
@@ -421,6 +437,7 @@ def imagine(
         vs.append(v_next.detach())
         ds.append(end)
         disc = torch.where(done, torch.ones_like(disc), disc * gamma)
+        alive = torch.where(done, torch.ones_like(alive), alive)
         rew_acc = torch.where(done, torch.zeros_like(rew_acc), rew_acc)
         if bool(done.any()):
             with torch.no_grad():
@@ -429,18 +446,26 @@ def imagine(
         else:
             z = z_next
     window = Imagination(
-        loss, returns, torch.stack(zs), torch.stack(rs), torch.stack(vs), torch.stack(ds), env_steps=steps
+        loss,
+        returns,
+        torch.stack(zs),
+        torch.stack(rs),
+        torch.stack(vs),
+        torch.stack(ds),
+        torch.stack(cs),
+        env_steps=steps,
     )
     return window, obs
 
 
 def critic_targets(window: Imagination, cfg: PWMConfig) -> torch.Tensor:
     """Targets ``(H, N)`` for the critics: TD(λ) over the window, or one-step ``r + γ V'``."""
+    gamma = cfg.gamma * window.continuation
     if cfg.critic_target == "one_step":
-        return window.rewards + cfg.gamma * window.next_values
+        return window.rewards + gamma * window.next_values
     from pwm_bench.baselines.shac import td_lambda_targets
 
-    return td_lambda_targets(window.rewards, window.next_values, window.dones, cfg.gamma, cfg.lam)
+    return td_lambda_targets(window.rewards, window.next_values, window.dones, gamma, cfg.lam)
 
 
 def train_critics(
@@ -720,11 +745,14 @@ def train(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
             wm.train()
             cons = rew = 0.0
             for _ in range(cfg.wm_iterations):
-                o, a, r, _ = replay.sample(cfg.wm_batch_size - n_offline, cfg.horizon)
+                o, a, r, d = replay.sample(cfg.wm_batch_size - n_offline, cfg.horizon)
                 if n_offline:
                     b = dataset.sample(n_offline, cfg.horizon)
                     o, a, r = torch.cat([o, b.obs], 1), torch.cat([a, b.action], 1), torch.cat([r, b.reward], 1)
-                losses = world_model_loss(wm, o, a, r, rho=cfg.wm_rho, consistency_coef=cfg.wm_consistency_coef)
+                    d = torch.cat([d, b.terminated.float()], 1)
+                losses = world_model_loss(
+                    wm, o, a, r, rho=cfg.wm_rho, consistency_coef=cfg.wm_consistency_coef, terminated=d
+                )
                 wm_opt.zero_grad(set_to_none=True)
                 losses.total.backward()
                 nn.utils.clip_grad_norm_(tuned, 20.0)

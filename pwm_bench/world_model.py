@@ -421,6 +421,7 @@ class ModelLosses:
     total: torch.Tensor
     consistency: torch.Tensor
     reward: torch.Tensor
+    termination: torch.Tensor | None = None
 
 
 def world_model_loss(
@@ -433,6 +434,8 @@ def world_model_loss(
     consistency_coef: float = 1.0,
     reward_coef: float = 1.0,
     task: torch.Tensor | None = None,
+    terminated: torch.Tensor | None = None,
+    termination_coef: float = 1.0,
 ) -> ModelLosses:
     """Multi-step latent consistency and reward loss over sub-trajectories.
 
@@ -449,6 +452,8 @@ def world_model_loss(
         consistency_coef: weight of the consistency term.
         reward_coef: weight of the reward term.
         task: task ids ``(B,)`` of a multi-task model.
+        terminated: ``(H, B)`` termination flags; with a model that has a termination head, adds
+            ``termination_coef ×`` the binary cross-entropy of its predictions on the rolled-out latents.
     """
     horizon = action.shape[0]
     with torch.no_grad():
@@ -461,7 +466,13 @@ def world_model_loss(
         zs.append(z)
     cons = consistency_loss(torch.stack(zs), targets, rho)
     rew = reward_loss(model, torch.stack(logits), reward, rho)
-    return ModelLosses(consistency_coef * cons + reward_coef * rew, cons.detach(), rew.detach())
+    total = consistency_coef * cons + reward_coef * rew
+    term = None
+    if model.term_head is not None and terminated is not None:
+        term = F.binary_cross_entropy_with_logits(model.termination_logit(torch.stack(zs), task), terminated.float())
+        total = total + termination_coef * term
+        term = term.detach()
+    return ModelLosses(total, cons.detach(), rew.detach(), term)
 
 
 __all__ = [

@@ -228,3 +228,25 @@ def test_pwm_learns_pointmass(out: Path) -> None:
     result = run_inprocess(out, algo="pwm", preset="cpu", overrides=PWM_POINTMASS)
     assert result.status == "completed"
     assert result.summary["final_eval_return"] > -250.0, result.summary
+
+
+def test_termination_head_masks_what_follows_a_predicted_end() -> None:
+    """A model sure that every step ends the episode: only the first reward counts, no bootstrap."""
+    torch.manual_seed(0)
+    wm = WorldModel(4, 2, model_config("pwm", termination=True, **SMALL_WM))
+    torch.nn.init.normal_(wm.reward_head[-1].weight, std=0.1)
+    torch.nn.init.constant_(wm.term_head[-1].bias, 30.0)  # p(end) = 1 - 1e-13
+    actor, critics = LatentActor(16, 2, (16,)), CriticEnsemble(16, (16,), 3)
+    with torch.no_grad():
+        window, _ = imagine(wm, actor, critics, wm.encode(torch.randn(5, 4)), _cfg(horizon=6))
+    assert torch.allclose(window.loss, -window.rewards[0], atol=1e-5)
+    assert torch.allclose(critic_targets(window, _cfg(horizon=6)), window.rewards, atol=1e-5)
+    # and the head is trained by the model loss when terminations are given
+    from pwm_bench.world_model import world_model_loss
+
+    obs, act = torch.randn(4, 8, 4), torch.rand(3, 8, 2) * 2 - 1
+    term = torch.zeros(3, 8)
+    term[-1, :2] = 1
+    losses = world_model_loss(wm, obs, act, torch.randn(3, 8), terminated=term)
+    assert losses.termination is not None and losses.termination > 1.0  # confident and mostly wrong
+    assert world_model_loss(wm, obs, act, torch.randn(3, 8)).termination is None
