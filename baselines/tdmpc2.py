@@ -242,11 +242,17 @@ class MPPIConfig:
     """Knobs of :func:`mppi` (TD-MPC2's defaults)."""
 
     iterations: int = 6
+    """Refinements of the sampling Gaussian per planning call."""
     num_samples: int = 512
+    """Action sequences evaluated per iteration and world (policy proposals included)."""
     num_elites: int = 64
+    """Best sequences that define the next mean and std."""
     temperature: float = 0.5
+    """Multiplier of the elite values in the exponential weights."""
     min_std: float = 0.05
+    """Lower clamp of the std (action units)."""
     max_std: float = 2.0
+    """Initial std and its upper clamp (action units)."""
 
 
 def mppi(
