@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from pwm_bench.algos import Algorithm
 from pwm_bench.config import TrainConfig
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import NonFiniteError, UsageError
-from pwm_bench.nn import ACTIVATIONS, NormalizedPolicy, RunningMeanStd
+from pwm_bench.nn import NormalizedPolicy, RunningMeanStd, ln_mlp
 from pwm_bench.run import Run
 
 log = logging.getLogger(__name__)
@@ -144,31 +143,12 @@ class SHACConfig(TrainConfig):
             raise UsageError(f"num_batch {self.num_batch} exceeds the window's num_envs*horizon pairs")
 
 
-def _ln_mlp(in_dim: int, hidden: Sequence[int], out_dim: int, orthogonal: bool) -> nn.Sequential:
-    """DiffRL's MLP: ``Linear → ELU → LayerNorm`` per hidden layer, then a linear head.
-
-    ``orthogonal`` re-initialises every linear layer with gain √2 and zero bias (DiffRL's critic);
-    otherwise PyTorch's default init is kept (DiffRL's stochastic actor).
-    """
-    layers: list[nn.Module] = []
-    dims = [in_dim, *hidden]
-    for a, b in itertools.pairwise(dims):
-        layers += [nn.Linear(a, b), ACTIVATIONS["elu"](), nn.LayerNorm(b)]
-    layers.append(nn.Linear(dims[-1], out_dim))
-    if orthogonal:
-        for m in layers:
-            if isinstance(m, nn.Linear):
-                nn.init.orthogonal_(m.weight, gain=math.sqrt(2.0))
-                nn.init.zeros_(m.bias)
-    return nn.Sequential(*layers)
-
-
 class StochasticActor(nn.Module):
     """Gaussian ``N(μ(o), exp(log_std))`` with a state-independent log std; the env gets ``tanh(a)``."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], init_log_std: float) -> None:
         super().__init__()
-        self.mu = _ln_mlp(obs_dim, hidden, act_dim, orthogonal=False)
+        self.mu = ln_mlp(obs_dim, hidden, act_dim, "elu")
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -184,7 +164,7 @@ class Critic(nn.Module):
 
     def __init__(self, obs_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
-        self.net = _ln_mlp(obs_dim, hidden, 1, orthogonal=True)
+        self.net = ln_mlp(obs_dim, hidden, 1, "elu", orthogonal=True)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs).squeeze(-1)

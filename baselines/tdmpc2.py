@@ -55,7 +55,15 @@ from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError, unknown_choice
 from pwm_bench.replay import WindowReplay
 from pwm_bench.run import Run
-from pwm_bench.world_model import MODEL_SIZES, WorldModel, reward_loss, rho_weights, sized_config, two_hot_inv
+from pwm_bench.world_model import (
+    MODEL_SIZES,
+    WorldModel,
+    consistency_loss,
+    reward_loss,
+    rho_weights,
+    sized_config,
+    two_hot_inv,
+)
 
 # --------------------------------------------------------------------------------------------------
 # configuration
@@ -466,8 +474,7 @@ class TDMPC2Agent(nn.Module):
             z = m.next(z, action[t])
             zs.append(z)
         z_all = torch.stack(zs)  # (H+1, B, L)
-        w = rho_weights(h, cfg.rho, obs.device)
-        consistency = (w * (z_all[1:] - next_z).square().mean(dim=(1, 2))).sum() / h
+        consistency = consistency_loss(z_all[1:], next_z, cfg.rho)
         rew = reward_loss(m, m.reward_logits(z_all[:-1], action), reward, cfg.rho)
         q_logits = m.q_logits(z_all[:-1], action)  # (Q, H, B, K)
         value = torch.stack([reward_loss(m, q, td, cfg.rho) for q in q_logits]).mean()
@@ -529,12 +536,9 @@ class TDMPC2Policy:
 
     def reset_episodes(self, mask: torch.Tensor) -> None:
         """Forget the warm start of the worlds in ``mask (N,)`` whose episode begins anew."""
-        if self.prev_mean is None:
-            return
-        if self.prev_mean.shape[0] != mask.shape[0] or bool(mask.all()):
+        if self.prev_mean is not None and self.prev_mean.shape[0] != mask.shape[0]:
             self.prev_mean = None
-        else:
-            self.prev_mean[mask.to(self.prev_mean.device)] = 0.0
+        self.prev_mean = forget_warm_start(self.prev_mean, mask)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
@@ -544,10 +548,17 @@ class TDMPC2Policy:
         return action
 
 
-def _shifted_mean_reset(prev: torch.Tensor | None, ended: torch.Tensor) -> torch.Tensor | None:
-    if prev is not None and bool(ended.any()):
-        prev = prev.clone()
-        prev[ended] = 0.0
+def forget_warm_start(prev: torch.Tensor | None, ended: torch.Tensor) -> torch.Tensor | None:
+    """The planner memory ``(N, H, A)`` without the worlds in ``ended (N,)`` (None once none is left).
+
+    A zero mean is what a first step plans from, so zeroing a world's rows forgets its warm start.
+    """
+    if prev is None or not bool(ended.any()):
+        return prev
+    if bool(ended.all()):
+        return None
+    prev = prev.clone()
+    prev[ended.to(prev.device)] = 0.0
     return prev
 
 
@@ -616,7 +627,7 @@ def train(env: VecEnv, cfg: TDMPC2Config, run: Run) -> TDMPC2Policy:
                 ended = terminated | truncated
                 real_next = torch.where(ended.unsqueeze(-1), info["final_obs"], next_obs)
                 replay.add(obs, action, reward, real_next, terminated, ended)
-            prev_mean = _shifted_mean_reset(prev_mean, ended)
+            prev_mean = forget_warm_start(prev_mean, ended)
             run.add_env_steps(n)
             run.record_episodes(info)
             obs = next_obs
@@ -641,9 +652,9 @@ def train(env: VecEnv, cfg: TDMPC2Config, run: Run) -> TDMPC2Policy:
         metrics: dict[str, Any] = {k: v / n_upd for k, v in sums.items()} if n_upd else {}
         metrics["tdmpc2/updates"] = updates
         if plan_calls:
-            metrics["tdmpc2/plan_ms"] = 1000.0 * plan_time / plan_calls
+            metrics["time/plan_ms"] = 1000.0 * plan_time / plan_calls
         if n_upd and update_time > 0:
-            metrics["tdmpc2/updates_per_s"] = n_upd / update_time
+            metrics["time/updates_per_s"] = n_upd / update_time
         run.log(metrics)
         run.end_iteration(policy, state_fn)
     return policy

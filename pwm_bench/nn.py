@@ -38,6 +38,27 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def ln_mlp(
+    in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "elu", *, orthogonal: bool = False
+) -> nn.Sequential:
+    """DiffRL/PWM MLP: ``Linear → activation → LayerNorm`` per hidden layer, then a linear head.
+
+    ``orthogonal`` re-initialises every linear layer with gain √2 and zero bias (DiffRL's and PWM's
+    critics); otherwise PyTorch's default init is kept (their stochastic actors).
+    """
+    layers: list[nn.Module] = []
+    dims = [in_dim, *hidden]
+    for a, b in itertools.pairwise(dims):
+        layers += [nn.Linear(a, b), ACTIVATIONS[activation](), nn.LayerNorm(b)]
+    layers.append(nn.Linear(dims[-1], out_dim))
+    if orthogonal:
+        for m in layers:
+            if isinstance(m, nn.Linear):
+                nn.init.orthogonal_(m.weight, gain=2**0.5)
+                nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)
+
+
 class RunningMeanStd(nn.Module):
     """Running mean and variance of a stream of batches (float64 buffers, saved in state_dict).
 

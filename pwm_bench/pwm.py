@@ -50,7 +50,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -64,8 +63,8 @@ from torch import nn
 from pwm_bench.algos import Algorithm
 from pwm_bench.config import TrainConfig, to_dict
 from pwm_bench.envs.base import VecEnv
-from pwm_bench.errors import NonFiniteError, UsageError
-from pwm_bench.nn import RunningMeanStd
+from pwm_bench.errors import NonFiniteError, UsageError, unknown_choice
+from pwm_bench.nn import RunningMeanStd, ln_mlp
 from pwm_bench.replay import WindowReplay
 from pwm_bench.run import Run
 from pwm_bench.world_model import MODEL_SIZES, WorldModel, sized_config, world_model_loss
@@ -252,8 +251,6 @@ class PWMConfig(TrainConfig):
             if getattr(self, name) <= 0:
                 raise UsageError(f"config '{name}' must be positive, got {getattr(self, name)}")
         if self.wm_size not in MODEL_SIZES:
-            from pwm_bench.errors import unknown_choice
-
             raise unknown_choice("world-model size", self.wm_size, list(MODEL_SIZES))
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise UsageError("config 'gamma' must be in (0, 1] and 'lam' in [0, 1]")
@@ -275,16 +272,6 @@ class PWMConfig(TrainConfig):
 # networks
 
 
-def _mish_ln_mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
-    """``Linear → Mish → LayerNorm`` per hidden layer (activation before the norm), then a linear head."""
-    layers: list[nn.Module] = []
-    dims = [in_dim, *hidden]
-    for a, b in itertools.pairwise(dims):
-        layers += [nn.Linear(a, b), nn.Mish(), nn.LayerNorm(b)]
-    layers.append(nn.Linear(dims[-1], out_dim))
-    return nn.Sequential(*layers)
-
-
 class LatentActor(nn.Module):
     """Gaussian ``N(μ(z), exp(log_std))`` on latents; the model and the env get ``tanh`` of a sample.
 
@@ -293,7 +280,7 @@ class LatentActor(nn.Module):
 
     def __init__(self, latent_dim: int, act_dim: int, hidden: Sequence[int], init_log_std: float = -1.0) -> None:
         super().__init__()
-        self.mu = _mish_ln_mlp(latent_dim, hidden, act_dim)
+        self.mu = ln_mlp(latent_dim, hidden, act_dim, "mish")
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
     def forward(self, z: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -309,11 +296,7 @@ class CriticEnsemble(nn.Module):
 
     def __init__(self, latent_dim: int, hidden: Sequence[int], num: int = 3) -> None:
         super().__init__()
-        self.nets = nn.ModuleList(_mish_ln_mlp(latent_dim, hidden, 1) for _ in range(num))
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.orthogonal_(m.weight, gain=math.sqrt(2.0))
-                nn.init.zeros_(m.bias)
+        self.nets = nn.ModuleList(ln_mlp(latent_dim, hidden, 1, "mish", orthogonal=True) for _ in range(num))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Values ``(K, ...)`` of latents ``(..., L)``."""
@@ -346,8 +329,7 @@ class Imagination:
     """One imagined window.
 
     Attributes:
-        loss: per-start actor loss ``(N,)`` (sum over its closed segments), differentiable.
-        returns: the same returns, detached, for the running normaliser ``(N,)``.
+        loss: per-start actor loss ``(N,)``: minus the sum of its closed segments' returns, differentiable.
         latents: ``(H, N, L)`` detached latents the critics train on.
         rewards: ``(H, N)`` detached model rewards.
         next_values: ``(H, N)`` detached bootstraps ``min V(z_{t+1})`` (0 after a real termination).
@@ -358,13 +340,17 @@ class Imagination:
     """
 
     loss: torch.Tensor
-    returns: torch.Tensor
     latents: torch.Tensor
     rewards: torch.Tensor
     next_values: torch.Tensor
     dones: torch.Tensor
     continuation: torch.Tensor
     env_steps: int = 0
+
+    @property
+    def returns(self) -> torch.Tensor:
+        """Imagined returns ``(N,)`` (``-loss``, detached), e.g. for the running normaliser."""
+        return -self.loss.detach()
 
 
 def imagine(
@@ -394,7 +380,6 @@ def imagine(
     rew_acc = torch.zeros(n, device=z0.device)
     disc = torch.ones(n, device=z0.device)
     loss = torch.zeros(n, device=z0.device)
-    returns = torch.zeros(n, device=z0.device)
     zs, rs, vs, ds, cs = [], [], [], [], []
     steps = 0
     # a model with a termination head: weigh what follows by the predicted probability of being alive
@@ -431,7 +416,6 @@ def imagine(
             boot = torch.where(done, boot, boot * gamma)
         seg = -(rew_acc + boot * v_next)
         loss = loss + torch.where(end, seg, torch.zeros_like(seg))
-        returns = returns + torch.where(end, -seg.detach(), torch.zeros_like(seg))
         zs.append(z.detach())
         rs.append(r.detach())
         vs.append(v_next.detach())
@@ -447,7 +431,6 @@ def imagine(
             z = z_next
     window = Imagination(
         loss,
-        returns,
         torch.stack(zs),
         torch.stack(rs),
         torch.stack(vs),
@@ -496,11 +479,6 @@ def train_critics(
 
 # --------------------------------------------------------------------------------------------------
 # the pipeline: data, world model, policy
-
-
-def _results_root(run: Run) -> Path:
-    """The results root of a run folder ``<root>/runs/<env>/<algo>/<id>``."""
-    return run.dir.parents[3]
 
 
 def _digest(obj: Any) -> str:
@@ -568,7 +546,7 @@ def _collect_stage(cfg: PWMConfig, ctx: Any) -> Path:
     """Train ``cfg.collect_algo`` on the env with every rollout recorded (cached by its settings)."""
     from pwm_bench.datasets import EpisodeWriter, RecordingEnv, read_manifest
     from pwm_bench.runner import RunRequest, execute
-    from pwm_bench.store import read_summary
+    from pwm_bench.store import env_dirname, read_summary
 
     root = Path(ctx.out)
     overrides: dict[str, Any] = {f"env.{k}": v for k, v in ctx.env_overrides.items()}
@@ -579,8 +557,6 @@ def _collect_stage(cfg: PWMConfig, ctx: Any) -> Path:
     )
     name = f"pwm-{ctx.env.replace(':', '-')}-{cfg.collect_algo}-{key}"
     dataset = root / "datasets" / name
-    from pwm_bench.store import env_dirname
-
     run_dir = root / "runs" / env_dirname(ctx.env) / cfg.collect_algo / name
     status = read_summary(run_dir).get("status") if run_dir.exists() else None
     if status == "completed":

@@ -34,6 +34,7 @@ class WindowReplay:
         self.ended = torch.zeros(shape, dtype=torch.bool, device=device)
         self.pos = 0
         self.size = 0
+        self._valid_cache: tuple[int, torch.Tensor] | None = None  # (horizon, mask) since the last add
 
     def __len__(self) -> int:
         return self.size * self.n
@@ -57,6 +58,7 @@ class WindowReplay:
         self.terminated[i], self.ended[i] = terminated.float(), ended
         self.pos = (self.pos + 1) % self.rows
         self.size = min(self.size + 1, self.rows)
+        self._valid_cache = None
 
     def can_sample(self, horizon: int) -> bool:
         """Whether at least one valid window of ``horizon`` transitions exists."""
@@ -65,7 +67,17 @@ class WindowReplay:
         return bool(self._valid(horizon).any())
 
     def _valid(self, horizon: int) -> torch.Tensor:
-        """``(size - H + 1, N)`` mask of valid window starts, in chronological order of rows."""
+        """``(size - H + 1, N)`` mask of valid window starts, in chronological order of rows.
+
+        Computed once per added step (it scans the whole buffer) and reused by the updates in between.
+        """
+        if self._valid_cache is not None and self._valid_cache[0] == horizon:
+            return self._valid_cache[1]
+        valid = self._compute_valid(horizon)
+        self._valid_cache = (horizon, valid)
+        return valid
+
+    def _compute_valid(self, horizon: int) -> torch.Tensor:
         first = self.pos if self.size == self.rows else 0
         order = (torch.arange(self.size, device=self.obs.device) + first) % self.rows
         ended = self.ended[order].float()  # (size, N), oldest first
@@ -100,6 +112,7 @@ class WindowReplay:
         for name in self._FIELDS:
             getattr(self, name)[:k] = state[name].to(self.obs.device)
         self.pos, self.size = int(state["pos"]), k
+        self._valid_cache = None
 
     _FIELDS = ("obs", "next_obs", "action", "reward", "terminated", "ended")
 

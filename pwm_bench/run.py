@@ -30,7 +30,7 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,7 +71,15 @@ iterations (the budget unit of algorithms that do not interact with the env). Al
 others under the same prefixes."""
 
 NON_DETERMINISTIC_COLUMNS: tuple[str, ...] = ("wall_time", "time/sps")
-"""Columns that depend on timing; everything else is identical for the same seed on CPU."""
+"""Timing columns every run has. Algorithms log their own timings under ``time/`` too (e.g.
+``time/plan_ms``); :func:`timing_columns` lists them all. Everything else is identical for the same
+seed on CPU."""
+
+
+def timing_columns(columns: Iterable[str]) -> list[str]:
+    """The columns of ``columns`` that measure time (``wall_time`` and everything under ``time/``)."""
+    return [c for c in columns if c in NON_DETERMINISTIC_COLUMNS or c.startswith("time/")]
+
 
 CHECKPOINT_FORMAT = 1
 EVAL_SEED_OFFSET = 1_000_000

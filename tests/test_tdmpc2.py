@@ -235,21 +235,19 @@ def test_tdmpc2_learns_pointmass(out: Path) -> None:
     assert result.status == "completed"
     assert result.summary["final_eval_return"] > -150.0, result.summary
     df = pd.read_csv(result.run_dir / "metrics.csv")
-    assert {"loss/consistency", "loss/reward", "loss/value", "tdmpc2/plan_ms", "tdmpc2/updates_per_s"} <= set(
-        df.columns
-    )
+    assert {"loss/consistency", "loss/reward", "loss/value", "time/plan_ms", "time/updates_per_s"} <= set(df.columns)
     # burst of seed_steps x UTD updates, then UTD per env step
     assert df["tdmpc2/updates"].iloc[-1] == pytest.approx(0.5 * 3000, abs=8)
 
 
 def test_tdmpc2_smoke_is_deterministic_and_resumes(out: Path) -> None:
-    from pwm_bench.run import NON_DETERMINISTIC_COLUMNS
+    from pwm_bench.run import timing_columns
 
     runs = [run_inprocess(out, algo="tdmpc2", run_id=f"r{i}") for i in range(2)]
     assert all(r.status == "completed" for r in runs)
-    a, b = (pd.read_csv(r.run_dir / "metrics.csv").drop(columns=list(NON_DETERMINISTIC_COLUMNS)) for r in runs)
-    a = a.drop(columns=[c for c in a.columns if c.startswith("tdmpc2/") and c.endswith(("_ms", "_per_s"))])
-    b = b.drop(columns=[c for c in b.columns if c.startswith("tdmpc2/") and c.endswith(("_ms", "_per_s"))])
+    a, b = (pd.read_csv(r.run_dir / "metrics.csv") for r in runs)
+    assert {"time/plan_ms", "time/updates_per_s"} <= set(timing_columns(a.columns))
+    a, b = (df.drop(columns=timing_columns(df.columns)) for df in (a, b))
     pd.testing.assert_frame_equal(a, b)
 
     part = run_inprocess(out, algo="tdmpc2", run_id="part", reporter=SignalAt(600))
@@ -259,3 +257,16 @@ def test_tdmpc2_smoke_is_deterministic_and_resumes(out: Path) -> None:
     ckpt = torch.load(resumed.run_dir / "checkpoints" / "latest.pt", weights_only=False)
     assert ckpt["env_steps"] == resumed.summary["env_steps"] >= 1024
     assert math.isfinite(resumed.summary["final_eval_return"])
+
+
+def test_replay_validity_is_refreshed_by_every_add() -> None:
+    replay = WindowReplay(3 * 10, 3, 2, 1, torch.device("cpu"))
+    _fill_replay(replay, 4, {})
+    assert replay._valid(3).all()  # computed (and cached) before the next add
+    ended = torch.tensor([True, False, False])
+    replay.add(torch.zeros(3, 2), torch.zeros(3, 1), torch.zeros(3), torch.zeros(3, 2), ended, ended)
+    _fill_replay(replay, 1, {})
+    valid = replay._valid(3)
+    assert valid.shape == (4, 3)
+    # world 0 ended at row 4: the window of rows 3..5 crosses it, the one of rows 2..4 does not
+    assert valid[:, 0].tolist() == [True, True, True, False] and valid[:, 1:].all()
