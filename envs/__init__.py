@@ -1,7 +1,8 @@
 """Environments of pwm-bench and their registry.
 
 ``make_env(name, num_envs, device, differentiable=False, **overrides)`` builds any registered env;
-``gym:<id>`` wraps a Gymnasium continuous-control env. Every env is a :class:`VecEnv`.
+``gym:<id>`` wraps a Gymnasium continuous-control env; ``mt:<taskset>`` is a multi-task set
+(:mod:`pwm_bench.envs.multitask`). Every env is a :class:`VecEnv`.
 """
 
 from __future__ import annotations
@@ -66,8 +67,19 @@ def env_spec(name: str) -> EnvSpec:
             return GymVecEnv(env_id, num_envs, device, differentiable, cfg)
 
         return EnvSpec(name, factory, GymEnvConfig, f"gymnasium env {env_id}")
+    if name.startswith("mt:"):
+        from pwm_bench.envs.multitask import TaskSetConfig, TaskSetEnv, task_set
+
+        tasks = task_set(name)
+
+        def mt_factory(num_envs: int, device: Any, differentiable: bool, cfg: Any) -> VecEnv:
+            if differentiable:
+                raise UsageError(f"env '{name}': task sets have no simulator gradients")
+            return TaskSetEnv(name, tasks, num_envs, device)
+
+        return EnvSpec(name, mt_factory, TaskSetConfig, f"task set of {len(tasks)} tasks")
     if name not in _ENVS:
-        raise unknown_choice("env", name, [*_ENVS, "gym:<id>"])
+        raise unknown_choice("env", name, [*_ENVS, "gym:<id>", "mt:<taskset>"])
     return _ENVS[name]
 
 

@@ -79,6 +79,14 @@ class WarpEnvConfig:
 class HopperConfig(WarpEnvConfig):
     """Hopper knobs; defaults are DiffRL's (contact 2e4 / 1e3 / 1e3 / 0.9, 16 substeps)."""
 
+    direction: float = 1.0
+    """Sign of the rewarded velocity: 1 hops forward (DiffRL), -1 backward (a multi-task variant)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.direction not in (1.0, -1.0):
+            raise UsageError(f"env.direction must be 1 or -1, got {self.direction}")
+
 
 @dataclasses.dataclass
 class AntConfig(WarpEnvConfig):
@@ -92,6 +100,9 @@ class AntConfig(WarpEnvConfig):
     """Ground-contact friction slope [N·s/m]."""
     contact_mu: float = 0.75
     """Ground-contact friction coefficient."""
+    direction_deg: float = 0.0
+    """Direction to run in, degrees counter-clockwise from +x (DiffRL: 0). The progress term is the
+    velocity along it and the heading target lies along it (multi-task variants)."""
 
 
 @dataclasses.dataclass
@@ -304,12 +315,15 @@ class WarpArticulationEnv(VecEnv):
         return {"pos": pos, "quat": quat, "v": v_origin, "omega": omega, "up": up, "heading": heading_proj}
 
     def _init_root_constants(self, target_x: float) -> None:
+        """Torso COM, axes, run direction ``self._run_dir`` (unit, x-y) and the heading target."""
         dev = self.device
         self._torso_com = self.sim.body_com()[0].to(dev)
         self._ez = torch.tensor([0.0, 0.0, 1.0], device=dev)
         self._ex = torch.tensor([1.0, 0.0, 0.0], device=dev)
         start = self.sim.default_q()[:3].to(dev)
-        self._target = torch.tensor([target_x, 0.0, 0.0], device=dev) + start
+        angle = math.radians(float(getattr(self.cfg, "direction_deg", 0.0)))
+        self._run_dir = torch.tensor([math.cos(angle), math.sin(angle)], device=dev)
+        self._target = torch.tensor([target_x * math.cos(angle), target_x * math.sin(angle), 0.0], device=dev) + start
 
     def _random_tilt(self, n: int, max_angle: float) -> torch.Tensor:
         """Quaternions ``(n, 4)`` rotating by a uniform angle in ``[-max_angle, max_angle]`` about a random axis."""
@@ -336,8 +350,9 @@ class HopperEnv(WarpArticulationEnv):
     """DiffRL hopper: obs 11 ``[z, θ, q_thigh, q_leg, q_foot, vx, vz, ω, qd_thigh, qd_leg, qd_foot]``, act 3.
 
     ``z`` is the torso height relative to its start height 1.25 m. Actions are 200 N·m per unit.
-    Reward: ``vx + height + angle - 0.1 Σa²`` with ``h = clip(z + 0.3, -1, 0.3)``, height
-    ``-200 h²`` if ``h < 0`` else ``h``, angle ``1 - θ² / (π/6)²``. Terminates when ``z < -0.45``.
+    Reward: ``d·vx + height + angle - 0.1 Σa²`` (``d = cfg.direction``, 1 by default) with
+    ``h = clip(z + 0.3, -1, 0.3)``, height ``-200 h²`` if ``h < 0`` else ``h``, angle ``1 - θ² / (π/6)²``.
+    Terminates when ``z < -0.45``.
     """
 
     def __init__(
@@ -364,7 +379,7 @@ class HopperEnv(WarpArticulationEnv):
         h = torch.clamp(obs[:, 0] - (-0.45 + 0.15), -1.0, 0.3)
         height = torch.where(h < 0.0, -200.0 * h * h, h)
         angle = 1.0 - obs[:, 1].square() / (math.pi / 6.0) ** 2
-        return obs[:, 5] + height + angle - 0.1 * action.square().sum(-1)
+        return self.cfg.direction * obs[:, 5] + height + angle - 0.1 * action.square().sum(-1)
 
     def _fallen(self, obs: torch.Tensor) -> torch.Tensor:
         return obs[:, 0] < -0.45
@@ -419,6 +434,9 @@ class FloatingBaseEnv(WarpArticulationEnv):
 class AntEnv(FloatingBaseEnv):
     """DiffRL ant: obs 37, act 8 (200 N·m per unit). Reward ``vx + 0.1 up + heading + (z - 0.27)``.
 
+    With ``cfg.direction_deg`` the progress term is the velocity along that direction and the heading
+    target lies along it (``vx`` and +x by default, as in DiffRL).
+
     Observation: ``[z, quat(4), v(3), ω(3), q_joints(8), 0.1 qd_joints(8), up_z, heading, last action(8)]``.
     Terminates when the torso is lower than 0.27 m.
     """
@@ -434,7 +452,8 @@ class AntEnv(FloatingBaseEnv):
         return robots.ant()
 
     def _reward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return obs[:, 5] + 0.1 * obs[:, 27] + obs[:, 28] + (obs[:, 0] - 0.27)
+        progress = obs[:, 5:7] @ self._run_dir  # velocity along the run direction (vx by default)
+        return progress + 0.1 * obs[:, 27] + obs[:, 28] + (obs[:, 0] - 0.27)
 
     def _fallen(self, obs: torch.Tensor) -> torch.Tensor:
         return obs[:, 0] < 0.27

@@ -1,4 +1,4 @@
-"""A tiny differentiable torch environment: a 2-D point mass pushed toward the origin.
+"""A tiny differentiable torch environment: a point mass (2-D by default) pushed toward a goal.
 
 It exists so that tests, smoke runs and new algorithms have an env that starts instantly, runs
 thousands of worlds per millisecond on a CPU and has exact gradients through its dynamics.
@@ -8,13 +8,17 @@ Dynamics per world (SI units, ``dt`` seconds per control step, semi-implicit Eul
     v' = (1 - damping * dt) * v + dt * max_force * a / mass
     p' = p + dt * v'
 
-Observation ``(p, v)`` (4 values, m and m/s). Reward ``-(|p'|^2 + 0.1 |v'|^2 + 0.01 |a|^2)``.
-A world terminates when ``|p'| > bound`` and is truncated after ``episode_length`` steps.
+Observation ``(p, v)`` (``2·dims`` values, m and m/s). Reward ``-(|p' - g|^2 + 0.1 |v'|^2 + 0.01 |a|^2)``
+with the goal ``g`` (the origin by default). A world terminates when ``|p'| > bound`` and is truncated
+after ``episode_length`` steps. ``dims`` and ``goal`` make cheap task variants of different sizes
+for multi-task tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -40,6 +44,18 @@ class PointMassConfig:
     """Initial positions are uniform in [-init_range, init_range]^2 [m]."""
     bound: float = 5.0
     """Leaving the disc of this radius [m] terminates the episode."""
+    dims: int = 2
+    """Spatial dimensions (observation 2·dims, action dims)."""
+    goal: tuple[float, ...] = ()
+    """Goal position [m], ``dims`` values; empty means the origin."""
+
+    def validate(self) -> None:
+        from pwm_bench.errors import UsageError
+
+        if self.dims < 1:
+            raise UsageError(f"env.dims must be >= 1, got {self.dims}")
+        if self.goal and len(self.goal) != self.dims:
+            raise UsageError(f"env.goal needs {self.dims} values (env.dims), got {len(self.goal)}")
 
 
 class PointMassEnv(VecEnv):
@@ -55,30 +71,34 @@ class PointMassEnv(VecEnv):
         cfg: PointMassConfig | None = None,
     ) -> None:
         self.cfg = cfg or PointMassConfig()
+        self.cfg.validate()
+        d = self.cfg.dims
         super().__init__(
             name="pointmass",
             num_envs=num_envs,
-            obs_dim=4,
-            act_dim=2,
+            obs_dim=2 * d,
+            act_dim=d,
             device=device,
             max_episode_steps=self.cfg.episode_length,
             differentiable=differentiable,
         )
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(0)
-        self.pos = torch.zeros(num_envs, 2, device=self.device)
-        self.vel = torch.zeros(num_envs, 2, device=self.device)
+        self.pos = torch.zeros(num_envs, d, device=self.device)
+        self.vel = torch.zeros(num_envs, d, device=self.device)
+        self.goal = torch.tensor(self.cfg.goal or (0.0,) * d, dtype=torch.float32, device=self.device)
         self.t = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self._no_resets = False
 
     def _sample_pos(self, n: int) -> torch.Tensor:
-        u = torch.rand(n, 2, generator=self._gen, device=self.device)
+        u = torch.rand(n, self.cfg.dims, generator=self._gen, device=self.device)
         return (2.0 * u - 1.0) * self.cfg.init_range
 
     def _reset(self, seed: int | None) -> torch.Tensor:
         if seed is not None:
             self._gen.manual_seed(seed)
         self.pos = self._sample_pos(self.num_envs)
-        self.vel = torch.zeros(self.num_envs, 2, device=self.device)
+        self.vel = torch.zeros(self.num_envs, self.cfg.dims, device=self.device)
         self.t.zero_()
         return torch.cat([self.pos, self.vel], dim=-1)
 
@@ -87,13 +107,15 @@ class PointMassEnv(VecEnv):
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             vel = (1.0 - c.damping * c.dt) * self.vel + c.dt * c.max_force * actions / c.mass
             pos = self.pos + c.dt * vel
-            reward = -(pos.square().sum(-1) + 0.1 * vel.square().sum(-1) + 0.01 * actions.square().sum(-1))
+            reward = -(
+                (pos - self.goal).square().sum(-1) + 0.1 * vel.square().sum(-1) + 0.01 * actions.square().sum(-1)
+            )
             self.t += 1
             terminated = pos.detach().norm(dim=-1) > c.bound
             truncated = (self.t >= c.episode_length) & ~terminated
             done = terminated | truncated
             final_obs = torch.cat([pos, vel], dim=-1)
-            if bool(done.any()):
+            if bool(done.any()) and not self._no_resets:
                 n = int(done.sum())
                 keep = (~done).unsqueeze(-1)
                 new_pos = torch.zeros_like(pos)
@@ -110,3 +132,20 @@ class PointMassEnv(VecEnv):
         """Cut the autograd graph at the current state without resetting any world."""
         self.pos = self.pos.detach()
         self.vel = self.vel.detach()
+
+    @contextlib.contextmanager
+    def resets_suspended(self) -> Iterator[None]:
+        """Within the block, finished worlds are reported but not reset (for gradient checks)."""
+        self._no_resets = True
+        try:
+            yield
+        finally:
+            self._no_resets = False
+
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """Copy of the simulator state: positions, velocities, episode clocks."""
+        return {"pos": self.pos.clone(), "vel": self.vel.clone(), "t": self.t.clone()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state from :meth:`get_state`."""
+        self.pos, self.vel, self.t = state["pos"].clone(), state["vel"].clone(), state["t"].clone()

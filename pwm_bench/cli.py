@@ -128,6 +128,14 @@ def run(
         f"{result.status}: eval return {fmt(s.get('final_eval_return'))} (best {fmt(s.get('best_eval_return'))}) "
         f"after {s.get('env_steps', 0):,} env steps in {s.get('wall_time', 0.0):.0f} s -> {result.run_dir}"
     )
+    if s.get("tasks"):
+        # task sets: per-task returns and normalized scores (0 = random actions, 1 = the data's collector)
+        for name, t in s["tasks"].items():
+            score = "—" if t.get("score") is None else f"{t['score']:.3f}"
+            typer.echo(f"  {name:<28} return {t['return']:10.1f}   score {score}")
+        score_mean, score_iqm = s.get("score_mean"), s.get("score_iqm")
+        if score_mean is not None:
+            typer.echo(f"  normalized score: mean {score_mean:.3f}, IQM {score_iqm:.3f} over {len(s['tasks'])} tasks")
     if result.status == "failed":
         typer.echo(f"error: {result.error}", err=True)
         raise typer.Exit(EXIT_FAILED)
@@ -392,6 +400,51 @@ def pretrain_wm(
         f"held-out consistency {summary.get('heldout/consistency', float('nan')):.4g}, "
         f"reward {summary.get('heldout/reward', float('nan')):.4g} -> {folder}"
     )
+
+
+@app.command(
+    "wm-check",
+    epilog="Example:\n\n  pwm-bench wm-check results/runs/hopper/pwm/20261121-101500-s0-ab12",
+)
+def wm_check(
+    run_dir: Annotated[Path, typer.Argument(help="A PWM run folder on a differentiable env.")],
+    worlds: Annotated[int, typer.Option(help="Start states (parallel worlds).")] = 32,
+    horizon: Annotated[int, typer.Option(help="Window length in control steps.")] = 16,
+    seed: Annotated[int, typer.Option(help="Reset seed of the start states and random actions.")] = 0,
+    checkpoint: Annotated[str, typer.Option(help="latest | best.")] = "latest",
+) -> None:
+    """World-model error vs policy error: compare a PWM run's model gradients with the simulator's.
+
+    For the policy's own closed-loop actions and for uniform random actions, prints the median cosine
+    between the model's and the simulator's gradients of the discounted window return w.r.t. the
+    actions (1 = same direction), for the first action alone, and the returns each predicts.
+    """
+    from rich.table import Table
+
+    from pwm_bench.diagnostics import check_pwm_run
+
+    _setup_logging(False)
+    try:
+        rows = check_pwm_run(run_dir, worlds=worlds, horizon=horizon, seed=seed, checkpoint=checkpoint)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"model vs simulator gradients, {horizon}-step windows, {worlds} worlds")
+    for col in ("actions", "alive", "cosine", "first-action cosine", "|g_model|/|g_env|", "env return", "model return"):
+        table.add_column(col, justify="right" if col != "actions" else "left")
+    for name, r in rows.items():
+        if r.get("alive", 0.0) == 0.0:
+            table.add_row(name, "0%", *["—"] * 5)
+            continue
+        table.add_row(
+            name,
+            f"{100 * r['alive']:.0f}%",
+            f"{r['cosine']:.3f}",
+            f"{r['cosine_first']:.3f}",
+            f"{r['grad_norm_ratio']:.2f}",
+            f"{r['env_return']:.2f}",
+            f"{r['model_return']:.2f}",
+        )
+    _console().print(table)
 
 
 @app.command("list", epilog="Examples:\n\n  pwm-bench list\n\n  pwm-bench list --algo ppo --preset cpu")

@@ -32,7 +32,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -394,3 +394,80 @@ def iter_datasets(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Iterator[tuple
             yield folder, read_manifest(folder)
         except DatasetError as exc:
             log.warning("%s", exc)
+
+
+class MultiTaskDataset:
+    """Several single-task datasets behind one padded interface; task ``k`` is the ``k``-th dataset.
+
+    Observations and actions are zero-padded to the largest sizes of the set (TD-MPC2's multi-task
+    convention). Each batch draws about the same number of windows from every task, so a task with
+    little data is not drowned by one with much.
+
+    Args:
+        paths: one dataset folder per task, in task-id order.
+        device: where the tensors live.
+        env: name recorded as the set's env (``mt:<taskset>``).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str]] | None = None,
+        device: str | torch.device = "cpu",
+        env: str = "mt",
+        *,
+        parts: Sequence[EpisodeDataset] | None = None,
+    ) -> None:
+        self.parts = list(parts) if parts is not None else [EpisodeDataset(p, device=device) for p in paths or ()]
+        if not self.parts:
+            raise DatasetError("a multi-task dataset needs at least one dataset")
+        self.obs_dims = [int(d.manifest["obs_dim"]) for d in self.parts]
+        self.act_dims = [int(d.manifest["act_dim"]) for d in self.parts]
+        self.device = self.parts[0].device
+        self.manifest = {
+            "env": env,
+            "obs_dim": max(self.obs_dims),
+            "act_dim": max(self.act_dims),
+            "tasks": [d.manifest["env"] for d in self.parts],
+        }
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.parts)
+
+    @property
+    def num_episodes(self) -> int:
+        return sum(d.num_episodes for d in self.parts)
+
+    def split(self, holdout: float, seed: int = 0) -> tuple[MultiTaskDataset, MultiTaskDataset]:
+        """Split every task's episodes into ``(train, held_out)`` (see :meth:`EpisodeDataset.split`)."""
+        pairs = [d.split(holdout, seed=seed + k) for k, d in enumerate(self.parts)]
+        mk = lambda ps: MultiTaskDataset(env=self.manifest["env"], parts=ps)  # noqa: E731
+        return mk([p[0] for p in pairs]), mk([p[1] if p[1].num_episodes else p[0] for p in pairs])
+
+    def _pad(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, size - x.shape[-1]))
+
+    def sample(self, batch: int, horizon: int, generator: torch.Generator | None = None) -> Batch:
+        """``batch`` padded windows, split evenly over the tasks (the first ``batch mod T`` get one more);
+        ``task`` holds each window's task id."""
+        t_count = self.num_tasks
+        sizes = [batch // t_count + (1 if k < batch % t_count else 0) for k in range(t_count)]
+        bs = [d.sample(n, horizon, generator) for d, n in zip(self.parts, sizes, strict=True) if n > 0]
+        ids = [k for k, n in enumerate(sizes) if n > 0]
+        o, a = self.manifest["obs_dim"], self.manifest["act_dim"]
+        return Batch(
+            torch.cat([self._pad(b.obs, o) for b in bs], 1),
+            torch.cat([self._pad(b.action, a) for b in bs], 1),
+            torch.cat([b.reward for b in bs], 1),
+            torch.cat([b.terminated for b in bs], 1),
+            torch.cat(
+                [
+                    torch.full((b.reward.shape[1],), k, dtype=torch.long, device=self.device)
+                    for k, b in zip(ids, bs, strict=True)
+                ]
+            ),
+        )
+
+    def sample_states(self, batch: int, task: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``batch`` padded observations ``(B, O)`` of task ``task``."""
+        return self._pad(self.parts[task].sample_states(batch, generator), self.manifest["obs_dim"])

@@ -32,6 +32,8 @@ def unknown_choice(kind: str, value: str, choices: Iterable[str]) -> UsageError:
     Example: ``unknown algorithm 'ppp'; did you mean 'ppo'? (valid: ppo, sac)``.
     """
     choices = sorted(choices)
+    if not choices:
+        return UsageError(f"unknown {kind} '{value}' (there are none to choose from)")
     close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return UsageError(f"unknown {kind} '{value}'{hint} (valid: {', '.join(choices)})")

@@ -20,13 +20,14 @@ import dataclasses
 import io
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pwm_bench.config import to_dict
-from pwm_bench.datasets import EpisodeDataset
+from pwm_bench.datasets import EpisodeDataset, MultiTaskDataset
 from pwm_bench.errors import NonFiniteError, UsageError
 from pwm_bench.progress import Reporter
 from pwm_bench.store import DEFAULT_ROOT, atomic_save, atomic_write_json, atomic_write_text, atomic_write_yaml
@@ -72,7 +73,7 @@ class PretrainConfig:
             raise UsageError(f"pretraining 'holdout' must be in [0, 1), got {self.holdout}")
 
 
-def _losses(model: WorldModel, ds: EpisodeDataset, cfg: PretrainConfig, gen: torch.Generator) -> Any:
+def _losses(model: WorldModel, ds: EpisodeDataset | MultiTaskDataset, cfg: PretrainConfig, gen: torch.Generator) -> Any:
     b = ds.sample(cfg.batch_size, cfg.horizon, generator=gen)
     task = b.task if model.cfg.task_dim > 0 else None
     return world_model_loss(
@@ -89,7 +90,7 @@ def _losses(model: WorldModel, ds: EpisodeDataset, cfg: PretrainConfig, gen: tor
 
 
 def pretrain_world_model(
-    dataset: str | Path,
+    dataset: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     cfg: PretrainConfig | None = None,
     wm_cfg: WorldModelConfig | None = None,
@@ -97,8 +98,13 @@ def pretrain_world_model(
     device: str | torch.device = "cpu",
     resume: bool = False,
     reporter: Reporter | None = None,
+    env: str | None = None,
 ) -> dict[str, Any]:
     """Pretrain a world model on ``dataset`` into ``out_dir``; returns the summary.
+
+    ``dataset`` is one dataset folder, or a sequence of them (one per task, in task-id order) for a
+    multi-task model: observations and actions are zero-padded to the largest sizes, and ``wm_cfg``
+    must have a task embedding (``task_dim > 0``) with ``num_tasks`` equal to the number of datasets.
 
     With ``resume=True`` an existing ``out_dir`` continues from its checkpoint (its stored configs
     win; ``cfg.steps`` may raise the step budget).
@@ -118,12 +124,22 @@ def pretrain_world_model(
             cfg = PretrainConfig(**state["pretrain_config"])
             cfg.steps = max(cfg.steps, steps)
             wm_cfg = WorldModelConfig(**state["wm_config"])
-    ds = EpisodeDataset(dataset, device=device)
+    multi = not isinstance(dataset, str | Path)
+    ds: Any = (
+        MultiTaskDataset([Path(p) for p in dataset], device=device, env=env or "mt")
+        if multi
+        else EpisodeDataset(dataset, device=device)
+    )
     train, held = ds.split(cfg.holdout, seed=cfg.seed)
     if held.num_episodes == 0:
         log.warning("dataset has one episode: held-out losses use the training episode")
         held = train
     wm_cfg = wm_cfg or model_config("pwm")
+    if multi and (wm_cfg.task_dim <= 0 or wm_cfg.num_tasks != ds.num_tasks):
+        raise UsageError(
+            f"a world model for {ds.num_tasks} task datasets needs task_dim > 0 and num_tasks = {ds.num_tasks} "
+            f"(got task_dim {wm_cfg.task_dim}, num_tasks {wm_cfg.num_tasks})"
+        )
     torch.manual_seed(cfg.seed)
     model = WorldModel(ds.manifest["obs_dim"], ds.manifest["act_dim"], wm_cfg).to(device)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -141,7 +157,7 @@ def pretrain_world_model(
     atomic_write_yaml(
         out / "config.yaml",
         {
-            "dataset": str(dataset),
+            "dataset": [str(p) for p in dataset] if multi else str(dataset),
             "env": ds.manifest["env"],
             "pretrain": dataclasses.asdict(cfg),
             "world_model": to_dict(wm_cfg),

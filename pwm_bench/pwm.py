@@ -138,6 +138,8 @@ class PWMConfig(TrainConfig):
     """Pretrained world model: a folder (or model.pt) or a name under <results>/world_models."""
     dataset: str | None = None
     """Episode dataset to pretrain on (online) or sample start states from (offline); path or name."""
+    datasets: tuple[str, ...] = ()
+    """Multi-task (``--env mt:<taskset>``): one dataset per task, in task order (set by the pipeline)."""
     wm_size: str = "pwm"
     """Architecture of a world model pretrained by the pipeline (see world_model.MODEL_SIZES)."""
     wm_latent_dim: int | None = None
@@ -154,6 +156,10 @@ class PWMConfig(TrainConfig):
     """World-model Adam learning rate (pretraining; the fine-tuning LR decays from it)."""
     wm_rho: float = 0.99
     """Per-step weight base of the world-model losses."""
+    wm_task_dim: int = 64
+    """Multi-task: task-embedding size of the world model (the reference's MT30 model: 64)."""
+    wm_num_bins: int | None = None
+    """Reward bins of a pipeline-pretrained model (None: the size's; multi-task: 101, two-hot as in the reference)."""
     wm_termination: bool = False
     """Give the pretrained model a termination head and weight imagined rewards and bootstraps by the
     predicted probability of still being alive (not in the reference, whose imagination never ends)."""
@@ -179,6 +185,19 @@ class PWMConfig(TrainConfig):
     """Env steps of the collecting run (None: its preset's budget)."""
 
     def preset_overrides(self, preset: str, env: str) -> dict[str, Any]:
+        over = self._preset(preset, env)
+        if env.startswith("mt:"):
+            # task sets: offline policies, one per task, from one shared world model
+            per_task = {"smoke": 20, "cpu": 1_000, "paper": 10_000}.get(preset, self.epochs)
+            over.update(
+                epochs=per_task,
+                eval_every=per_task,
+                wm_task_dim={"smoke": 8, "cpu": 32}.get(preset, 64),
+                batch_size=over.get("batch_size", 512),
+            )
+        return over
+
+    def _preset(self, preset: str, env: str) -> dict[str, Any]:
         if preset == "smoke":
             return {
                 "num_envs": 8,
@@ -231,7 +250,10 @@ class PWMConfig(TrainConfig):
         return {}
 
     def budget(self) -> tuple[str, int]:
-        return ("iterations", self.epochs) if self.mode == "offline" else ("env_steps", self.total_steps)
+        """Online: env steps. Offline: policy epochs (``epochs`` per task for a task set)."""
+        if self.mode == "offline":
+            return "iterations", self.epochs * max(1, len(self.datasets))
+        return "env_steps", self.total_steps
 
     def validate(self) -> None:
         super().validate()
@@ -254,17 +276,23 @@ class PWMConfig(TrainConfig):
             raise unknown_choice("world-model size", self.wm_size, list(MODEL_SIZES))
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise UsageError("config 'gamma' must be in (0, 1] and 'lam' in [0, 1]")
-        if self.mode == "offline" and self.world_model is None and self.dataset is None:
+        if self.mode == "offline" and self.world_model is None and self.dataset is None and not self.datasets:
             raise UsageError("offline PWM needs a dataset (--set pwm.dataset=NAME) or a world model trained on one")
 
-    def world_model_config(self) -> Any:
-        """Architecture of the world model the pipeline pretrains."""
+    def world_model_config(self, num_tasks: int = 1) -> Any:
+        """Architecture of the world model the pipeline pretrains (with a task embedding if ``num_tasks > 1``)."""
+        extra: dict[str, Any] = {}
+        if num_tasks > 1:
+            extra.update(num_tasks=num_tasks, task_dim=self.wm_task_dim, num_bins=self.wm_num_bins or 101)
+        elif self.wm_num_bins is not None:
+            extra["num_bins"] = self.wm_num_bins
         return sized_config(
             self.wm_size,
             latent_dim=self.wm_latent_dim,
             mlp_dim=self.wm_mlp_dim,
             enc_dim=self.wm_enc_dim,
             termination=self.wm_termination,
+            **extra,
         )
 
 
@@ -308,16 +336,44 @@ class CriticEnsemble(nn.Module):
 
 
 class PWMPolicy:
-    """Encoder + actor mean: ``a = tanh(μ(h(o)))`` (no planning)."""
+    """Encoder + actor mean: ``a = tanh(μ(h(o)))`` (no planning).
 
-    def __init__(self, wm: WorldModel, actor: LatentActor, task: int | None = None) -> None:
+    For one task of a multi-task model, ``task`` is its id; observations smaller than the model's
+    are zero-padded and only the task's first ``act_dim`` action entries are returned.
+    """
+
+    def __init__(self, wm: WorldModel, actor: LatentActor, task: int | None = None, act_dim: int | None = None) -> None:
         self.wm, self.actor, self.task = wm, actor, task
+        self.act_dim = act_dim or wm.act_dim
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        """Actions ``(N, A)`` in [-1, 1] for raw observations ``(N, O)``."""
+        """Actions ``(N, A_task)`` in [-1, 1] for raw observations ``(N, O_task)``."""
+        obs = nn.functional.pad(obs, (0, self.wm.obs_dim - obs.shape[-1]))
         task = None if self.task is None else torch.full((obs.shape[0],), self.task, device=obs.device)
-        return self.actor(self.wm.encode(obs, task), deterministic=deterministic)
+        return self.actor(self.wm.encode(obs, task), deterministic=deterministic)[:, : self.act_dim]
+
+
+class MultiTaskPolicy:
+    """One actor per task on a shared model, acting on a :class:`~pwm_bench.envs.multitask.TaskSetEnv`'s
+    task-major worlds: rows ``k·n .. k·n+n-1`` of a batch of ``T·n`` observations belong to task ``k``."""
+
+    def __init__(self, wm: WorldModel, actors: Sequence[LatentActor], action_mask: torch.Tensor) -> None:
+        self.wm, self.actors, self.action_mask = wm, list(actors), action_mask
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Padded actions ``(T·n, A)`` for padded observations ``(T·n, O)``; unused entries are 0."""
+        t_count = len(self.actors)
+        if obs.shape[0] % t_count:
+            raise ValueError(f"{obs.shape[0]} observations do not split into {t_count} task blocks")
+        n = obs.shape[0] // t_count
+        out = []
+        for k, actor in enumerate(self.actors):
+            task = torch.full((n,), k, dtype=torch.long, device=obs.device)
+            a = actor(self.wm.encode(obs[k * n : (k + 1) * n], task), deterministic=deterministic)
+            out.append(a * self.action_mask[k])
+        return torch.cat(out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,6 +421,7 @@ def imagine(
     replay: WindowReplay | None = None,
     obs: torch.Tensor | None = None,
     task: torch.Tensor | None = None,
+    act_mask: torch.Tensor | None = None,
 ) -> tuple[Imagination, torch.Tensor | None]:
     """Roll the model ``cfg.horizon`` steps from ``z0 (N, L)`` with the actor; returns the window and the
     last real observation (online) or None.
@@ -373,6 +430,8 @@ def imagine(
     ``replay``, finished episodes are recorded on ``run``, and a world whose episode ends closes its
     segment and restarts from the encoding of its new observation. Model and critic parameters
     should have ``requires_grad=False`` here; gradients flow through their activations.
+    A multi-task model takes ``task`` ids ``(N,)``; ``act_mask`` ``(A,)`` zeroes the padded action
+    entries a task does not have (the reference leaves them to the actor, pwm.md §2.2).
     """
     n, h = z0.shape[0], cfg.horizon
     gamma = cfg.gamma
@@ -388,6 +447,8 @@ def imagine(
     symlog_space = cfg.reward_decode == "symlog"
     for t in range(h):
         a = actor(z.detach())
+        if act_mask is not None:
+            a = a * act_mask
         r = wm.reward(z, a, task, symlog_space=symlog_space)
         z_next = wm.next(z, a, task)
         v_next = critics.min(z_next)
@@ -504,11 +565,14 @@ def prepare(cfg: PWMConfig, ctx: Any) -> PWMConfig:
 
     1. ``datasets/pwm-<env>-<hash>``: train ``collect_algo`` with every rollout recorded;
     2. ``world_models/pwm-<env>-<hash>``: pretrain the world model on that dataset.
-    """
-    from pwm_bench.pretrain import PretrainConfig, pretrain_world_model
 
+    For a task set (``mt:<taskset>``) stage 1 runs once per task and stage 2 pretrains one model with
+    a task embedding on all the datasets.
+    """
     cfg = copy.deepcopy(cfg)
     root = Path(ctx.out)
+    if ctx.env.startswith("mt:"):
+        return _prepare_multitask(cfg, ctx)
     if cfg.world_model is not None:
         cfg.world_model = str(resolve_artefact(cfg.world_model, "world_models", root))
         if cfg.dataset is not None:
@@ -518,6 +582,15 @@ def prepare(cfg: PWMConfig, ctx: Any) -> PWMConfig:
         cfg.dataset = str(_collect_stage(cfg, ctx))
     else:
         cfg.dataset = str(resolve_artefact(cfg.dataset, "datasets", root))
+    cfg.world_model = str(_pretrain_stage(cfg, ctx, cfg.dataset))
+    return cfg
+
+
+def _pretrain_stage(cfg: PWMConfig, ctx: Any, data: str | Sequence[str]) -> Path:
+    """Pretrain the world model on ``data`` (one dataset, or one per task), cached by its settings."""
+    from pwm_bench.pretrain import PretrainConfig, pretrain_world_model
+
+    multi = not isinstance(data, str)
     pre = PretrainConfig(
         steps=cfg.pretrain_steps,
         batch_size=cfg.wm_batch_size,
@@ -528,36 +601,89 @@ def prepare(cfg: PWMConfig, ctx: Any) -> PWMConfig:
         seed=ctx.seed,
         eval_every=max(1, min(1000, cfg.pretrain_steps // 5)),
     )
-    wm_cfg = cfg.world_model_config()
-    key = _digest({"dataset": cfg.dataset, "pretrain": dataclasses.asdict(pre), "wm": to_dict(wm_cfg)})
-    out = root / "world_models" / f"pwm-{ctx.env.replace(':', '-')}-{key}"
+    wm_cfg = cfg.world_model_config(len(data) if multi else 1)
+    key = _digest({"dataset": data, "pretrain": dataclasses.asdict(pre), "wm": to_dict(wm_cfg)})
+    out = Path(ctx.out) / "world_models" / f"pwm-{ctx.env.replace(':', '-').replace(',', '+')}-{key}"
     summary_file = out / "summary.json"
     done = summary_file.exists() and json.loads(summary_file.read_text()).get("status") == "completed"
     if done:
         log.info("world model: using cached %s", out)
     else:
         log.info("world model: pretraining %d steps into %s", cfg.pretrain_steps, out)
-        pretrain_world_model(cfg.dataset, out, pre, wm_cfg, device=ctx.device, resume=True, reporter=ctx.reporter)
-    cfg.world_model = str(out)
+        pretrain_world_model(
+            list(data) if multi else data,
+            out,
+            pre,
+            wm_cfg,
+            device=ctx.device,
+            resume=True,
+            reporter=ctx.reporter,
+            env=ctx.env,
+        )
+    return out
+
+
+def _prepare_multitask(cfg: PWMConfig, ctx: Any) -> PWMConfig:
+    """Task sets: one dataset per task (collected unless given), one shared world model (pretrained
+    unless given); the policies are then trained offline, one per task."""
+    from pwm_bench.envs.multitask import task_set
+
+    tasks = task_set(ctx.env)
+    if ctx.env_overrides:
+        raise UsageError(f"env '{ctx.env}': a task set takes no --set env.* options (each task fixes its env)")
+    if cfg.dataset is not None:
+        raise UsageError("a task set takes one dataset per task: --set pwm.datasets=[A,B,...], in task order")
+    if cfg.mode != "offline":
+        log.info("task sets train one offline policy per task (as in the paper): mode set to offline")
+    cfg.mode = "offline"
+    if cfg.datasets:
+        if len(cfg.datasets) != len(tasks):
+            raise UsageError(f"pwm.datasets has {len(cfg.datasets)} entries; the task set has {len(tasks)} tasks")
+        cfg.datasets = tuple(str(resolve_artefact(d, "datasets", Path(ctx.out))) for d in cfg.datasets)
+    else:
+        cfg.datasets = tuple(
+            str(_collect_stage(cfg, ctx, env=t.env, env_overrides=dict(t.overrides), label=t.name)) for t in tasks
+        )
+    if cfg.world_model is not None:
+        cfg.world_model = str(resolve_artefact(cfg.world_model, "world_models", Path(ctx.out)))
+    else:
+        cfg.world_model = str(_pretrain_stage(cfg, ctx, list(cfg.datasets)))
     return cfg
 
 
-def _collect_stage(cfg: PWMConfig, ctx: Any) -> Path:
-    """Train ``cfg.collect_algo`` on the env with every rollout recorded (cached by its settings)."""
+def _collect_stage(
+    cfg: PWMConfig,
+    ctx: Any,
+    *,
+    env: str | None = None,
+    env_overrides: dict[str, Any] | None = None,
+    label: str | None = None,
+) -> Path:
+    """Train ``cfg.collect_algo`` on the env with every rollout recorded (cached by its settings).
+
+    ``env``/``env_overrides`` default to the run's; ``label`` names the dataset (a task's name).
+    An env without simulator gradients is collected by SAC when ``collect_algo`` needs gradients.
+    """
+    from pwm_bench.algos import get_algorithm
     from pwm_bench.datasets import EpisodeWriter, RecordingEnv, read_manifest
+    from pwm_bench.envs import env_spec
     from pwm_bench.runner import RunRequest, execute
     from pwm_bench.store import env_dirname, read_summary
 
     root = Path(ctx.out)
-    overrides: dict[str, Any] = {f"env.{k}": v for k, v in ctx.env_overrides.items()}
+    env = env or ctx.env
+    env_overrides = ctx.env_overrides if env_overrides is None else env_overrides
+    algo = cfg.collect_algo
+    if get_algorithm(algo).requires_gradients and not env_spec(env).differentiable:
+        log.info("dataset: env '%s' has no simulator gradients; collecting with sac instead of %s", env, algo)
+        algo = "sac"
+    overrides: dict[str, Any] = {f"env.{k}": v for k, v in env_overrides.items()}
     if cfg.collect_steps is not None:
         overrides["total_steps"] = cfg.collect_steps
-    key = _digest(
-        {"env": ctx.env, "algo": cfg.collect_algo, "preset": cfg.collect_preset, "seed": ctx.seed, **overrides}
-    )
-    name = f"pwm-{ctx.env.replace(':', '-')}-{cfg.collect_algo}-{key}"
+    key = _digest({"env": env, "algo": algo, "preset": cfg.collect_preset, "seed": ctx.seed, **overrides})
+    name = f"pwm-{(label or env).replace(':', '-')}-{algo}-{key}"
     dataset = root / "datasets" / name
-    run_dir = root / "runs" / env_dirname(ctx.env) / cfg.collect_algo / name
+    run_dir = root / "runs" / env_dirname(env) / algo / name
     status = read_summary(run_dir).get("status") if run_dir.exists() else None
     if status == "completed":
         read_manifest(dataset)  # raises a clear error if the dataset went missing
@@ -567,26 +693,27 @@ def _collect_stage(cfg: PWMConfig, ctx: Any) -> Path:
     def wrap(train_env: Any, rdir: Path) -> Any:
         writer = EpisodeWriter(
             dataset,
-            env=ctx.env,
+            env=env,
             obs_dim=train_env.obs_dim,
             act_dim=train_env.act_dim,
             num_envs=train_env.num_envs,
-            source={"algo": cfg.collect_algo, "preset": cfg.collect_preset, "seed": ctx.seed, "run": str(rdir)},
+            source={
+                "algo": algo,
+                "preset": cfg.collect_preset,
+                "seed": ctx.seed,
+                "run": str(rdir),
+                "env_overrides": {k: str(v) for k, v in env_overrides.items()},
+            },
         )
         return RecordingEnv(train_env, writer)
 
-    log.info(
-        "dataset: training %s (%s preset) and recording its rollouts into %s",
-        cfg.collect_algo,
-        cfg.collect_preset,
-        dataset,
-    )
+    log.info("dataset: training %s (%s preset) and recording its rollouts into %s", algo, cfg.collect_preset, dataset)
     if run_dir.exists():
         req = RunRequest(resume=run_dir, device=str(ctx.device), reporter=ctx.reporter, wrap_env=wrap)
     else:
         req = RunRequest(
-            algo=cfg.collect_algo,
-            env=ctx.env,
+            algo=algo,
+            env=env,
             seed=ctx.seed,
             preset=cfg.collect_preset,
             device=str(ctx.device),
@@ -606,6 +733,43 @@ def _collect_stage(cfg: PWMConfig, ctx: Any) -> Path:
 # training
 
 
+def actor_critic_update(
+    window: Imagination,
+    actor: LatentActor,
+    critics: CriticEnsemble,
+    actor_opt: torch.optim.Optimizer,
+    critic_opt: torch.optim.Optimizer,
+    ret_rms: RunningMeanStd,
+    cfg: PWMConfig,
+) -> dict[str, Any]:
+    """One actor step on ``window.loss`` (return-normalised, clipped) and the critic passes; returns metrics.
+
+    Raises:
+        NonFiniteError: the actor's gradient norm is NaN or inf.
+    """
+    if cfg.return_norm:
+        ret_rms.update(window.returns)
+        actor_loss = (window.loss / (ret_rms.var + 1e-5).sqrt().float()).mean()
+    else:
+        actor_loss = (window.loss / cfg.horizon).mean()
+    actor_opt.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(actor.parameters(), cfg.actor_grad_clip)
+    if not torch.isfinite(grad_norm):
+        raise NonFiniteError(f"PWM actor gradient norm is {float(grad_norm)}")
+    actor_opt.step()
+    critic_loss = train_critics(critics, critic_opt, window.latents, critic_targets(window, cfg), cfg)
+    return {
+        "loss/actor": actor_loss.detach(),
+        "loss/critic": critic_loss,
+        "grad_norm/actor": grad_norm,
+        "pwm/imagined_return": window.returns.mean(),
+        "pwm/model_reward": window.rewards.mean(),
+        "pwm/value": window.next_values.mean(),
+        "pwm/log_std": actor.log_std.detach().clamp_min(LOG_STD_MIN).mean(),
+    }
+
+
 def _linear_lr(optim: torch.optim.Optimizer, lr0: float, lr_min: float, frac: float) -> None:
     lr = lr0 + (lr_min - lr0) * min(max(frac, 0.0), 1.0)
     for g in optim.param_groups:
@@ -619,6 +783,8 @@ def train(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
     device = run.device
     if cfg.world_model is None:
         raise UsageError("PWM needs a world model: run through pwm-bench (which prepares one) or set world_model")
+    if cfg.datasets:
+        return train_multitask(env, cfg, run)
     wm = load_world_model(cfg.world_model, device)
     if (wm.obs_dim, wm.act_dim) != (env.obs_dim, env.act_dim):
         raise UsageError(
@@ -697,20 +863,7 @@ def train(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
                 z0 = wm.encode(dataset.sample_states(cfg.batch_size))
             window, _ = imagine(wm, actor, critics, z0, cfg)
         critics.requires_grad_(True)
-        if cfg.return_norm:
-            ret_rms.update(window.returns)
-            actor_loss = (window.loss / (ret_rms.var + 1e-5).sqrt().float()).mean()
-        else:
-            actor_loss = (window.loss / cfg.horizon).mean()
-        actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(actor.parameters(), cfg.actor_grad_clip)
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteError(f"PWM actor gradient norm is {float(grad_norm)} at env step {run.env_steps}")
-        actor_opt.step()
-
-        targets = critic_targets(window, cfg)
-        critic_loss = train_critics(critics, critic_opt, window.latents, targets, cfg)
+        metrics = actor_critic_update(window, actor, critics, actor_opt, critic_opt, ret_rms, cfg)
 
         wm_metrics: dict[str, float] = {}
         if finetune and replay is not None and len(replay) >= cfg.finetune_after and replay.can_sample(cfg.horizon):
@@ -738,19 +891,194 @@ def train(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
             wm.eval()
             wm_metrics = {"wm/consistency": cons / cfg.wm_iterations, "wm/reward": rew / cfg.wm_iterations}
         epoch += 1
-        run.log(
-            {
-                "loss/actor": actor_loss.detach(),
-                "loss/critic": critic_loss,
-                "grad_norm/actor": grad_norm,
-                "pwm/imagined_return": window.returns.mean(),
-                "pwm/model_reward": window.rewards.mean(),
-                "pwm/value": window.next_values.mean(),
-                "pwm/log_std": actor.log_std.detach().clamp_min(LOG_STD_MIN).mean(),
-                "pwm/epoch": epoch,
-                **wm_metrics,
-            }
+        run.log({**metrics, "pwm/epoch": epoch, **wm_metrics})
+        run.end_iteration(policy, state_fn)
+    return policy
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-task: one shared world model, one offline policy per task
+
+
+def iqm(scores: Sequence[float]) -> float:
+    """Interquartile mean: the mean after cutting ``floor(n/4)`` scores from each end.
+
+    The definition of rliable's ``aggregate_iqm`` (``scipy.stats.trim_mean(x, 0.25)``), written out
+    so a single number does not pull in rliable's dependency chain.
+    """
+    x = sorted(float(v) for v in scores)
+    if not x:
+        return float("nan")
+    cut = int(0.25 * len(x))
+    kept = x[cut : len(x) - cut]
+    return sum(kept) / len(kept)
+
+
+def normalized_score(ret: float, random_ret: float, reference_ret: float | None) -> float | None:
+    """``(R - R_random) / (R_reference - R_random)``: 0 = uniform random actions, 1 = the reference.
+
+    The reference is the final evaluation return of the run that collected the task's data; None
+    when it is unknown or no better than random.
+    """
+    if reference_ret is None or reference_ret - random_ret <= 1e-8:
+        return None
+    return (ret - random_ret) / (reference_ret - random_ret)
+
+
+class _UniformPolicy:
+    """Uniform random actions in [-1, 1] from a seeded generator (the score's floor)."""
+
+    def __init__(self, act_dim: int, seed: int) -> None:
+        self.act_dim, self.gen = act_dim, torch.Generator().manual_seed(seed)
+
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return (torch.rand(obs.shape[0], self.act_dim, generator=self.gen) * 2 - 1).to(obs.device)
+
+
+def _reference_return(dataset: str) -> float | None:
+    """Final evaluation return of the run that collected ``dataset`` (from its manifest's source)."""
+    from pwm_bench.datasets import read_manifest
+    from pwm_bench.store import read_summary
+
+    sources = read_manifest(dataset).get("sources") or [{}]
+    run_dir = sources[-1].get("run")
+    if not run_dir or not Path(run_dir).exists():
+        return None
+    value = read_summary(run_dir).get("final_eval_return")
+    return None if value is None else float(value)
+
+
+def train_multitask(env: VecEnv, cfg: PWMConfig, run: Run) -> MultiTaskPolicy:
+    """Offline PWM on a task set: ``epochs`` policy iterations per task, tasks one after another.
+
+    Each task gets its own actor and critics; all share the frozen multi-task world model (task
+    embedding, padded observations, masked actions). After its last epoch a task's deterministic
+    policy is evaluated on its own env (``eval_episodes`` episodes) and scored against uniform random
+    actions (0) and the run that collected its data (1). Per-task returns and scores are logged as
+    ``mt/<task>/return`` and ``mt/<task>/score``; ``summary.json`` gains ``tasks``, ``score_mean`` and
+    ``score_iqm``.
+    """
+    from pwm_bench.datasets import MultiTaskDataset
+    from pwm_bench.envs.multitask import TaskSetEnv
+    from pwm_bench.pretrain import load_world_model
+    from pwm_bench.run import EVAL_SEED_OFFSET, evaluate
+
+    if not isinstance(env, TaskSetEnv):
+        raise UsageError("per-task datasets (pwm.datasets) need a task-set env: --env mt:<taskset>")
+    device = run.device
+    tasks = env.tasks
+    if len(cfg.datasets) != len(tasks):
+        raise UsageError(f"pwm.datasets has {len(cfg.datasets)} entries; {env.name} has {len(tasks)} tasks")
+    wm = load_world_model(cfg.world_model, device)
+    if wm.cfg.num_tasks != len(tasks) or (wm.obs_dim, wm.act_dim) != (env.obs_dim, env.act_dim):
+        raise UsageError(
+            f"world model {cfg.world_model} has {wm.cfg.num_tasks} tasks and obs/act sizes {wm.obs_dim}/{wm.act_dim}; "
+            f"{env.name} has {len(tasks)} tasks and padded sizes {env.obs_dim}/{env.act_dim}"
         )
+    wm.requires_grad_(False)
+    data = MultiTaskDataset(cfg.datasets, device=device, env=env.name)
+    latent = wm.cfg.latent_dim
+    actors = [LatentActor(latent, env.act_dim, cfg.actor_hidden, cfg.init_log_std).to(device) for _ in tasks]
+    mask = env.action_mask.to(device).float()
+    policy = MultiTaskPolicy(wm, actors, mask)
+    results: list[dict[str, Any]] = []
+    current: dict[str, Any] = {"task": -1}
+
+    def fresh(k: int) -> None:
+        critics = CriticEnsemble(latent, cfg.critic_hidden, cfg.num_critics).to(device)
+        current.update(
+            task=k,
+            critics=critics,
+            actor_opt=torch.optim.Adam(actors[k].parameters(), lr=cfg.actor_lr, betas=cfg.betas),
+            critic_opt=torch.optim.Adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas),
+            ret_rms=RunningMeanStd(()).to(device),
+        )
+
+    state = run.restore()
+    if state is not None:
+        for actor, sd in zip(actors, state["actors"], strict=True):
+            actor.load_state_dict(sd)
+        results = list(state["results"])
+        if state["task"] >= 0:
+            with torch.random.fork_rng(devices=[]):  # the restored RNG state must not move
+                fresh(state["task"])
+            current["critics"].load_state_dict(state["critics"])
+            current["actor_opt"].load_state_dict(state["actor_opt"])
+            current["critic_opt"].load_state_dict(state["critic_opt"])
+            current["ret_rms"].load_state_dict(state["ret_rms"])
+
+    def state_fn() -> dict[str, Any]:
+        live = current["task"] >= 0
+        return {
+            "actors": [a.state_dict() for a in actors],
+            "results": results,
+            "task": current["task"],
+            "critics": current["critics"].state_dict() if live else None,
+            "actor_opt": current["actor_opt"].state_dict() if live else None,
+            "critic_opt": current["critic_opt"].state_dict() if live else None,
+            "ret_rms": current["ret_rms"].state_dict() if live else None,
+        }
+
+    def summarise() -> None:
+        scores = [r["score"] for r in results if r["score"] is not None]
+        run.extra_summary = {
+            "tasks": {r["task"]: {k: v for k, v in r.items() if k != "task"} for r in results},
+            "score_mean": sum(scores) / len(scores) if scores else None,
+            "score_iqm": iqm(scores) if scores else None,
+        }
+
+    summarise()
+    eval_seed = run.seed + EVAL_SEED_OFFSET
+    while not run.done:
+        k, e = divmod(run.iterations, cfg.epochs)
+        if current["task"] != k:
+            fresh(k)
+            log.info("task %d/%d: %s", k + 1, len(tasks), tasks[k].name)
+        actor, critics = actors[k], current["critics"]
+        frac = e / cfg.epochs
+        _linear_lr(current["actor_opt"], cfg.actor_lr, cfg.lr_min, frac)
+        _linear_lr(current["critic_opt"], cfg.critic_lr, cfg.lr_min, frac)
+        task = torch.full((cfg.batch_size,), k, dtype=torch.long, device=device)
+        critics.requires_grad_(False)
+        with torch.no_grad():
+            z0 = wm.encode(data.sample_states(cfg.batch_size, k), task)
+        window, _ = imagine(wm, actor, critics, z0, cfg, task=task, act_mask=mask[k])
+        critics.requires_grad_(True)
+        metrics = actor_critic_update(
+            window, actor, critics, current["actor_opt"], current["critic_opt"], current["ret_rms"], cfg
+        )
+        run.log({**metrics, "pwm/task": k, "pwm/epoch": e + 1})
+        if e + 1 == cfg.epochs:
+            name = tasks[k].name
+            task_env = (
+                run.eval_env.envs[k]
+                if isinstance(run.eval_env, TaskSetEnv)
+                else tasks[k].make(cfg.eval_episodes, device)
+            )
+            ret, length = evaluate(PWMPolicy(wm, actor, task=k, act_dim=env.act_dims[k]), task_env, seed=eval_seed)
+            rand, _ = evaluate(_UniformPolicy(env.act_dims[k], eval_seed), task_env, seed=eval_seed)
+            ref = _reference_return(cfg.datasets[k])
+            score = normalized_score(ret, rand, ref)
+            results.append(
+                {
+                    "task": name,
+                    "return": ret,
+                    "length": length,
+                    "random_return": rand,
+                    "reference_return": ref,
+                    "score": score,
+                }
+            )
+            run.log({f"mt/{name}/return": ret, **({f"mt/{name}/score": score} if score is not None else {})})
+            log.info(
+                "task %s: eval return %.2f (random %.2f, reference %s) -> score %s",
+                name,
+                ret,
+                rand,
+                "n/a" if ref is None else f"{ref:.2f}",
+                "n/a" if score is None else f"{score:.3f}",
+            )
+            summarise()
         run.end_iteration(policy, state_fn)
     return policy
 

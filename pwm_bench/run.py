@@ -243,6 +243,8 @@ class Run:
         self._state_fn: Callable[[], dict[str, Any]] = dict
         self._checkpointed_at: int | None = None
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.extra_summary: dict[str, Any] = {}
+        """Algorithm-specific results merged into ``summary.json`` (e.g. per-task scores); JSON-serialisable."""
 
     # -- algorithm-facing -----------------------------------------------------------------------------
 
@@ -470,6 +472,7 @@ class Run:
             "versions": package_versions(),
             "git_commit": cr.get("git_commit"),
         }
+        summary.update(self.extra_summary)
         if error:
             summary["error"] = error
         atomic_write_json(self.dir / "summary.json", summary)

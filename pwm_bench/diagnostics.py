@@ -1,0 +1,198 @@
+"""World-model error vs policy error: compare a world model's gradients with the simulator's.
+
+PWM trusts the world model's first-order gradients. On a differentiable env the true gradients are
+available, so the model can be checked where it matters: for an action sequence ``a_{0:H}`` from
+the env's current state, compare the gradient of the model's imagined discounted return
+``Σ γ^t R(z_t, a_t)`` with that of the simulator's real return, both with respect to the actions.
+A model whose gradients point the simulator's way (cosine near 1) on the policy's own actions
+gives the policy the right direction; a low or negative cosine there, with a high one on the
+data's actions, means the policy has moved to where the model is wrong (model exploitation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pwm_bench.world_model import WorldModel
+
+
+@dataclasses.dataclass
+class GradientAlignment:
+    """Per-world comparison of model and simulator over one window.
+
+    Attributes:
+        cosine: ``(N,)`` cosine between the two gradients w.r.t. the whole action sequence.
+        cosine_first: ``(N,)`` cosine of the gradients w.r.t. the first action only.
+        env_return: ``(N,)`` discounted simulator return of the window.
+        model_return: ``(N,)`` discounted imagined return.
+        alive: ``(N,)`` bool, worlds that did not terminate inside the window (the comparison is
+            only meaningful there: the model does not know about episode ends).
+        grad_norm_ratio: ``(N,)`` ``|g_model| / |g_env|``.
+    """
+
+    cosine: torch.Tensor
+    cosine_first: torch.Tensor
+    env_return: torch.Tensor
+    model_return: torch.Tensor
+    alive: torch.Tensor
+    grad_norm_ratio: torch.Tensor
+
+    def summary(self) -> dict[str, float]:
+        """Medians over the worlds that stayed alive (NaN if none did)."""
+        ok = self.alive
+        if not bool(ok.any()):
+            return {"alive": 0.0}
+
+        def med(x: torch.Tensor) -> float:
+            return float(x[ok].median())
+
+        return {
+            "alive": float(ok.float().mean()),
+            "cosine": med(self.cosine),
+            "cosine_first": med(self.cosine_first),
+            "grad_norm_ratio": med(self.grad_norm_ratio),
+            "env_return": float(self.env_return[ok].mean()),
+            "model_return": float(self.model_return[ok].mean()),
+            "return_abs_error": float((self.model_return - self.env_return)[ok].abs().mean()),
+        }
+
+
+def model_gradient_alignment(
+    env: Any,
+    wm: WorldModel,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    gamma: float = 0.99,
+    task: torch.Tensor | None = None,
+) -> GradientAlignment:
+    """Compare the model's and the simulator's return gradients for ``actions`` from the env's state.
+
+    Args:
+        env: differentiable env (``differentiable=True``) with ``get_state``/``set_state`` and
+            ``resets_suspended`` (the Warp envs); its current state is the start of the window and is
+            restored afterwards.
+        wm: the world model (its parameters are not changed).
+        obs: ``(N, O)`` the env's current observations (what the model encodes).
+        actions: ``(H, N, A)`` action sequence in [-1, 1].
+        gamma: discount of both returns.
+        task: task ids ``(N,)`` for a multi-task model.
+    """
+    if not getattr(env, "differentiable", False):
+        raise ValueError(f"env {getattr(env, 'name', env)!r} was not built with differentiable=True")
+    horizon, n = actions.shape[0], actions.shape[1]
+    state0 = env.get_state()
+    a_env = actions.detach().clone().requires_grad_(True)
+    ret_env = torch.zeros(n, device=actions.device)
+    alive = torch.ones(n, dtype=torch.bool, device=actions.device)
+    try:
+        with env.resets_suspended():
+            for t in range(horizon):
+                _, r, terminated, _, _ = env.step(a_env[t])
+                ret_env = ret_env + alive.float() * gamma**t * r
+                alive = alive & ~terminated
+        (g_env,) = torch.autograd.grad(ret_env.sum(), a_env)
+    finally:
+        env.set_state(state0)
+        env.detach()
+    requires = [p.requires_grad for p in wm.parameters()]
+    wm.requires_grad_(False)
+    try:
+        a_wm = actions.detach().clone().requires_grad_(True)
+        z = wm.encode(obs.detach(), task)
+        ret_wm = torch.zeros(n, device=actions.device)
+        for t in range(horizon):
+            ret_wm = ret_wm + gamma**t * wm.reward(z, a_wm[t], task)
+            z = wm.next(z, a_wm[t], task)
+        (g_wm,) = torch.autograd.grad(ret_wm.sum(), a_wm)
+    finally:
+        for p, r in zip(wm.parameters(), requires, strict=True):
+            p.requires_grad_(r)
+    flat_env, flat_wm = g_env.transpose(0, 1).reshape(n, -1), g_wm.transpose(0, 1).reshape(n, -1)
+    cos = torch.nn.functional.cosine_similarity
+    return GradientAlignment(
+        cosine=cos(flat_wm, flat_env, dim=1).detach(),
+        cosine_first=cos(g_wm[0], g_env[0], dim=1).detach(),
+        env_return=ret_env.detach(),
+        model_return=ret_wm.detach(),
+        alive=alive,
+        grad_norm_ratio=(flat_wm.norm(dim=1) / flat_env.norm(dim=1).clamp_min(1e-12)).detach(),
+    )
+
+
+def policy_actions(env: Any, act: Any, obs: torch.Tensor, horizon: int) -> torch.Tensor:
+    """``(H, N, A)`` actions a policy takes closed-loop from the env's current state (state restored).
+
+    ``act(obs) -> actions`` is called on each observation; worlds are not reset inside the window.
+    """
+    state0 = env.get_state()
+    out = []
+    try:
+        with torch.no_grad(), env.resets_suspended():
+            o = obs
+            for _ in range(horizon):
+                a = act(o)
+                out.append(a)
+                o = env.step(a)[0]
+    finally:
+        env.set_state(state0)
+        env.detach()
+    return torch.stack(out)
+
+
+def check_pwm_run(
+    run_dir: str | Path,
+    *,
+    worlds: int = 32,
+    horizon: int = 16,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    checkpoint: str = "latest",
+) -> dict[str, dict[str, float]]:
+    """Gradient alignment of a single-task PWM run's world model, on the policy's actions and on random ones.
+
+    Loads the run's world model as its checkpoint holds it (fine-tuned, for an online run) and its
+    actor, resets ``worlds`` differentiable worlds of the run's env with ``seed``, and compares the
+    model with the simulator (:func:`model_gradient_alignment`) for the deterministic policy's
+    closed-loop actions and for uniform random actions. Returns ``{"policy": summary, "random": summary}``.
+    """
+    from pwm_bench.config import from_dict
+    from pwm_bench.envs import env_spec, make_env
+    from pwm_bench.errors import UsageError
+    from pwm_bench.pretrain import load_world_model
+    from pwm_bench.pwm import LatentActor, PWMConfig
+    from pwm_bench.store import read_config
+
+    run = Path(run_dir)
+    record = read_config(run)
+    if not record:
+        raise UsageError(f"{run} is not a run folder (no config.yaml)")
+    if record.get("algo") != "pwm":
+        raise UsageError(f"{run} is a {record.get('algo')} run; wm-check needs a pwm run")
+    spec = env_spec(record["env"])
+    if not spec.differentiable:
+        raise UsageError(f"env '{record['env']}' has no simulator gradients to compare the model with")
+    ckpt = run / "checkpoints" / f"{checkpoint}.pt"
+    if not ckpt.exists():
+        raise UsageError(f"{ckpt} not found (valid checkpoints: latest, best)")
+    cfg = from_dict(PWMConfig, record["algo_config"])
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["algo_state"]
+    wm = load_world_model(cfg.world_model, device)
+    wm.load_state_dict(state["wm"])
+    actor = LatentActor(wm.cfg.latent_dim, wm.act_dim, cfg.actor_hidden, cfg.init_log_std).to(device)
+    actor.load_state_dict(state["actor"])
+    env_cfg = from_dict(spec.config, record.get("env_config") or {})
+    env = make_env(record["env"], worlds, device, True, **dataclasses.asdict(env_cfg))
+    obs, _ = env.reset(seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    candidates = {
+        "policy": policy_actions(env, lambda o: actor(wm.encode(o), deterministic=True), obs, horizon),
+        "random": (torch.rand(horizon, worlds, wm.act_dim, generator=gen) * 2 - 1).to(obs.device),
+    }
+    return {k: model_gradient_alignment(env, wm, obs, a, cfg.gamma).summary() for k, a in candidates.items()}
+
+
+__all__ = ["GradientAlignment", "check_pwm_run", "model_gradient_alignment", "policy_actions"]

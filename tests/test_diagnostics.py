@@ -1,0 +1,89 @@
+"""Model-vs-simulator gradient alignment: exact on an exact model, -1 on a sign-flipped one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pwm_bench.diagnostics import model_gradient_alignment, policy_actions
+from pwm_bench.envs import make_env
+
+from .conftest import cli, run_inprocess
+
+
+class ExactPointMass(nn.Module):
+    """The point mass's own dynamics and reward written as a world model (latent = observation)."""
+
+    def __init__(self, sign: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))  # a parameter, to check it is left as it was
+        self.sign = sign
+        self.dt, self.damping, self.force = 0.05, 0.5, 2.0
+
+    def encode(self, obs: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        return obs
+
+    def next(self, z: torch.Tensor, a: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        p, v = z[:, :2], z[:, 2:]
+        v = (1.0 - self.damping * self.dt) * v + self.dt * self.force * a
+        return torch.cat([p + self.dt * v, v], dim=-1)
+
+    def reward(self, z: torch.Tensor, a: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        nz = self.next(z, a)
+        r = -(nz[:, :2].square().sum(-1) + 0.1 * nz[:, 2:].square().sum(-1) + 0.01 * a.square().sum(-1))
+        return r if self.sign > 0 else -r
+
+
+@pytest.mark.parametrize(("sign", "expected"), [(1.0, 1.0), (-1.0, -1.0)])
+def test_alignment_is_one_for_an_exact_model_and_minus_one_for_a_flipped_one(sign: float, expected: float) -> None:
+    env = make_env("pointmass", 6, differentiable=True, init_range=1.0)
+    obs, _ = env.reset(seed=3)
+    before = env.get_state()
+    actions = torch.rand(8, 6, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    wm = ExactPointMass(sign)
+    report = model_gradient_alignment(env, wm, obs, actions)
+    assert bool(report.alive.all())
+    assert torch.allclose(report.cosine, torch.full((6,), expected), atol=1e-5)
+    assert torch.allclose(report.cosine_first, torch.full((6,), expected), atol=1e-5)
+    assert torch.allclose(report.grad_norm_ratio, torch.ones(6), atol=1e-4)
+    if sign > 0:
+        assert torch.allclose(report.model_return, report.env_return, atol=1e-4)
+    after = env.get_state()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the env is back where it was
+    assert wm.scale.requires_grad
+    s = report.summary()
+    assert s["alive"] == 1.0 and abs(s["cosine"] - expected) < 1e-5
+
+
+def test_policy_actions_are_closed_loop_and_leave_the_env_untouched() -> None:
+    env = make_env("pointmass", 4, differentiable=True)
+    obs, _ = env.reset(seed=0)
+    before = env.get_state()
+    acts = policy_actions(env, lambda o: -o[:, :2].clamp(-1, 1), obs, 5)
+    assert acts.shape == (5, 4, 2)
+    assert torch.allclose(acts[0], -obs[:, :2].clamp(-1, 1))
+    assert not torch.allclose(acts[1], acts[0])  # it reacted to the new state
+    after = env.get_state()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_alignment_needs_a_differentiable_env() -> None:
+    env = make_env("pointmass", 2)
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(ValueError, match="differentiable"):
+        model_gradient_alignment(env, ExactPointMass(), obs, torch.zeros(3, 2, 2))
+
+
+def test_wm_check_reports_a_pwm_run_and_rejects_other_folders(out: Path) -> None:
+    from .test_pwm import PIPELINE
+
+    result = run_inprocess(out, algo="pwm", run_id="a", overrides=PIPELINE)
+    assert result.status == "completed"
+    res = cli("wm-check", str(result.run_dir), "--worlds", "4", "--horizon", "5")
+    assert res.returncode == 0, res.stderr
+    assert "policy" in res.stdout and "random" in res.stdout and "cosine" in res.stdout
+    res = cli("wm-check", str(out))
+    assert res.returncode == 2 and "not a run folder" in res.stderr and "Traceback" not in res.stderr
