@@ -483,6 +483,11 @@ def list_(
             grads = " [differentiable]" if env_spec.differentiable else ""
             table.add_row("env", name, env_spec.description + grads)
         table.add_row("env", "gym:<id>", "any gymnasium continuous-control env, e.g. gym:Pendulum-v1 (no gradients)")
+        from pwm_bench.envs.multitask import TASK_SETS
+
+        for name, tasks in TASK_SETS.items():
+            table.add_row("env", f"mt:{name}", "task set: " + ", ".join(t.name for t in tasks))
+        table.add_row("env", "mt:<env>,<env>,...", "ad-hoc task set of registered or gym: envs (multi-task PWM)")
         for name in algorithm_names():
             spec = get_algorithm(name)
             needs = " [needs simulator gradients]" if spec.requires_gradients else ""

@@ -209,3 +209,16 @@ def test_multitask_bad_inputs_are_one_line_errors(out: Path) -> None:
     assert res.returncode == 2 and "4 tasks" in res.stderr and "Traceback" not in res.stderr
     res = cli("run", "--algo", "pwm", "--env", "mt:toy", "--set", "env.dims=2", "--out", str(out))
     assert res.returncode == 2 and "none to choose from" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("taskset", ["mt:toy", "mt:hopper", "mt:locomotion"])
+def test_multitask_presets_validate_and_budget_epochs_per_task(taskset: str) -> None:
+    from pwm_bench.config import PRESETS
+    from pwm_bench.pwm import PWMConfig
+
+    for preset in PRESETS:
+        cfg = PWMConfig.from_preset(preset, taskset)
+        cfg.validate()
+        assert cfg.eval_every == cfg.epochs
+        cfg.mode, cfg.datasets = "offline", tuple(f"d{k}" for k in range(len(task_set(taskset))))
+        assert cfg.budget() == ("iterations", cfg.epochs * len(task_set(taskset)))
