@@ -19,6 +19,8 @@ episode statistics and checks observations for NaN/inf.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -132,6 +134,21 @@ class VecEnv(gym.vector.VectorEnv):
 
     def detach(self) -> None:
         """Cut the autograd graph of the simulator state (window boundary); worlds are not reset."""
+
+    _no_resets: bool = False
+    """Set by :meth:`resets_suspended`; envs that support it skip their auto-reset while it is True."""
+
+    @contextlib.contextmanager
+    def resets_suspended(self) -> Iterator[None]:
+        """Within the block, finished worlds are reported but not reset (gradient checks, diagnostics).
+
+        Only envs whose ``_step`` honours ``_no_resets`` support it (the Warp envs and the point mass).
+        """
+        self._no_resets = True
+        try:
+            yield
+        finally:
+            self._no_resets = False
 
     def close(self, **kwargs: Any) -> None:
         self.closed = True

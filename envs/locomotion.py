@@ -28,10 +28,8 @@ Shapes: observations ``(num_envs, obs_dim)``, rewards ``(num_envs,)``, all float
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -270,15 +268,6 @@ class WarpArticulationEnv(VecEnv):
         self.q = self.q.detach()
         self.qd = self.qd.detach()
         self.last_action = self.last_action.detach()
-
-    @contextlib.contextmanager
-    def resets_suspended(self) -> Iterator[None]:
-        """Within the block, finished worlds are reported but neither reset nor aged (for gradient checks)."""
-        self._no_resets = True
-        try:
-            yield
-        finally:
-            self._no_resets = False
 
     def get_state(self) -> dict[str, torch.Tensor]:
         """A detached copy of the full simulator state (for gradient checks and rollouts from a state)."""

@@ -16,9 +16,7 @@ for multi-task tests.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -88,7 +86,6 @@ class PointMassEnv(VecEnv):
         self.vel = torch.zeros(num_envs, d, device=self.device)
         self.goal = torch.tensor(self.cfg.goal or (0.0,) * d, dtype=torch.float32, device=self.device)
         self.t = torch.zeros(num_envs, dtype=torch.long, device=self.device)
-        self._no_resets = False
 
     def _sample_pos(self, n: int) -> torch.Tensor:
         u = torch.rand(n, self.cfg.dims, generator=self._gen, device=self.device)
@@ -133,18 +130,9 @@ class PointMassEnv(VecEnv):
         self.pos = self.pos.detach()
         self.vel = self.vel.detach()
 
-    @contextlib.contextmanager
-    def resets_suspended(self) -> Iterator[None]:
-        """Within the block, finished worlds are reported but not reset (for gradient checks)."""
-        self._no_resets = True
-        try:
-            yield
-        finally:
-            self._no_resets = False
-
     def get_state(self) -> dict[str, torch.Tensor]:
         """Copy of the simulator state: positions, velocities, episode clocks."""
-        return {"pos": self.pos.clone(), "vel": self.vel.clone(), "t": self.t.clone()}
+        return {"pos": self.pos.detach().clone(), "vel": self.vel.detach().clone(), "t": self.t.clone()}
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore a state from :meth:`get_state`."""
