@@ -79,7 +79,8 @@ class Joint:
     """One degree of freedom of a link chain (dflex makes one link per joint).
 
     Attributes:
-        kind: ``"hinge"`` (revolute, rad) or ``"slide"`` (prismatic, m).
+        kind: ``"hinge"`` (revolute, rad), ``"slide"`` (prismatic, m) or ``"ball"`` (three rotational
+            DOFs, a quaternion coordinate; ``axis``, ``limits`` and ``stiffness`` do not apply).
         axis: joint axis in the parent link frame (normalised on use).
         limits: ``(lower, upper)`` in rad or m; ``None`` for an unlimited joint.
         stiffness: spring towards ``rest`` [N·m/rad or N/m] (dflex ``ke``).
@@ -97,6 +98,10 @@ class Joint:
     armature: float = 0.0
     rest: float = 0.0
     name: str = ""
+    limit_ke: float | None = None
+    """Per-joint limit stiffness (None: the robot's)."""
+    limit_kd: float | None = None
+    """Per-joint always-on limit damping (None: the robot's)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +123,13 @@ class Sphere:
 
 @dataclasses.dataclass(frozen=True)
 class Box:
-    """Axis-aligned box at ``center`` (link frame, m) with half extents ``half`` (m) and mass ``mass`` (kg)."""
+    """Box at ``center`` (link frame, m) with half extents ``half`` (m), rotated by ``rotation``
+    (quaternion xyzw, link frame), of ``density`` (kg/m³; None: the robot's)."""
 
     center: tuple[float, float, float]
     half: tuple[float, float, float]
     density: float | None = None
+    rotation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
 
 
 Shape = Capsule | Sphere | Box
@@ -141,6 +148,8 @@ class Link:
             massless intermediate links, as dflex builds them). ``"free"`` as the only joint makes a
             floating base.
         shapes: geometry in the link frame; gives mass (at the robot's density) and contact points.
+        rotation: initial orientation (quaternion xyzw) of a floating base in the world; ignored
+            for other links, whose frames follow their parent's.
     """
 
     name: str
@@ -148,6 +157,7 @@ class Link:
     pivot: tuple[float, float, float]
     joints: Sequence[Joint] | str
     shapes: Sequence[Shape]
+    rotation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +189,18 @@ def _normalize(v: Sequence[float]) -> tuple[float, float, float]:
     a = np.asarray(v, dtype=np.float64)
     a = a / np.linalg.norm(a)
     return (float(a[0]), float(a[1]), float(a[2]))
+
+
+def _quat_matrix(q: Sequence[float]) -> np.ndarray:
+    """Rotation matrix ``(3, 3)`` of a unit quaternion (xyzw)."""
+    x, y, z, w = (float(v) for v in q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _quat_from_to_z(d: np.ndarray) -> tuple[float, float, float, float]:
@@ -244,12 +266,13 @@ def build_robot(robot: Robot) -> BuiltRobot:
         parent_body = -1 if link.parent < 0 else link_body[link.parent]
         pivot = wp.transform(wp.vec3(*link.pivot), wp.quat_identity())
         if link.joints == "free":
-            body = b.add_link(xform=pivot, label=link.name)
+            body = b.add_link(xform=wp.transform(wp.vec3(*link.pivot), wp.quat(*link.rotation)), label=link.name)
             body_names.append(link.name)
             joints.append(b.add_joint_free(body, parent=parent_body, label=f"{link.name}_free"))
             # the free joint's coordinates are the world pose of the link: start at the pivot
             qs = b.joint_q_start[-1]
             b.joint_q[qs : qs + 3] = list(link.pivot)
+            b.joint_q[qs + 3 : qs + 7] = list(link.rotation)
             dof_names += [f"{link.name}_{c}" for c in ("vx", "vy", "vz", "wx", "wy", "wz")]
             armature += [robot.free_armature] * 6
         else:
@@ -264,15 +287,35 @@ def build_robot(robot: Robot) -> BuiltRobot:
                 body = b.add_link(label=label)
                 body_names.append(label)
                 lo, hi = jt.limits if jt.limits is not None else (-big, big)
+                limit_ke = robot.limit_ke if jt.limit_ke is None else jt.limit_ke
+                limit_kd = robot.limit_kd if jt.limit_kd is None else jt.limit_kd
+                if jt.kind == "ball":
+                    # no limits and no spring (dflex); the passive terms are the env's business
+                    joints.append(
+                        b.add_joint_ball(
+                            prev,
+                            body,
+                            parent_xform=xform,
+                            armature=jt.armature,
+                            damping=0.0,
+                            stiffness=0.0,
+                            label=jt.name or label,
+                        )
+                    )
+                    dof_names += [f"{jt.name or label}_{c}" for c in "xyz"]
+                    armature += [jt.armature] * 3
+                    prev = body
+                    xform = wp.transform_identity()
+                    continue
                 kwargs = dict(
                     parent_xform=xform,
                     axis=wp.vec3(*_normalize(jt.axis)),
                     stiffness=jt.stiffness,
                     rest_q=jt.rest,
-                    damping=jt.damping + robot.limit_kd,
+                    damping=jt.damping + limit_kd,
                     limit_lower=lo,
                     limit_upper=hi,
-                    limit_ke=robot.limit_ke if jt.limits is not None else 0.0,
+                    limit_ke=limit_ke if jt.limits is not None else 0.0,
                     limit_kd=0.0,
                     armature=jt.armature,
                     target_ke=0.0,
@@ -284,7 +327,7 @@ def build_robot(robot: Robot) -> BuiltRobot:
                 elif jt.kind == "slide":
                     joints.append(b.add_joint_prismatic(prev, body, **kwargs))
                 else:
-                    raise ValueError(f"unknown joint kind {jt.kind!r} (choose hinge, slide)")
+                    raise ValueError(f"unknown joint kind {jt.kind!r} (choose hinge, slide, ball)")
                 dof_names.append(jt.name or label)
                 armature.append(jt.armature)
                 prev = body
@@ -313,19 +356,15 @@ def build_robot(robot: Robot) -> BuiltRobot:
                 cfg = shape_cfg
                 if shape.density is not None:
                     cfg = newton.ModelBuilder.ShapeConfig(density=shape.density, has_shape_collision=False)
-                xf = wp.transform(wp.vec3(*shape.center), wp.quat_identity())
+                xf = wp.transform(wp.vec3(*shape.center), wp.quat(*shape.rotation))
                 b.add_shape_box(body, xform=xf, hx=shape.half[0], hy=shape.half[1], hz=shape.half[2], cfg=cfg)
+                rot = _quat_matrix(shape.rotation)
                 for sx in (-1.0, 1.0):
                     for sy in (-1.0, 1.0):
                         for sz in (-1.0, 1.0):
+                            corner = np.asarray(shape.center) + rot @ (np.array([sx, sy, sz]) * np.asarray(shape.half))
                             contact_body.append(body)
-                            contact_local.append(
-                                (
-                                    shape.center[0] + sx * shape.half[0],
-                                    shape.center[1] + sy * shape.half[1],
-                                    shape.center[2] + sz * shape.half[2],
-                                )
-                            )
+                            contact_local.append(tuple(float(c) for c in corner))
                             contact_radius.append(0.0)
             else:
                 raise TypeError(f"unknown shape {shape!r}")

@@ -11,8 +11,12 @@ Total masses (dflex): hopper 15.82 kg, ant 182.2 kg, humanoid 40.84 kg; the test
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 from pwm_bench.envs.physics import Box, Capsule, Joint, Link, Robot, Sphere
+
+if TYPE_CHECKING:
+    from pwm_bench.envs.mass import MassModel
 
 DEG = math.pi / 180.0
 
@@ -302,3 +306,114 @@ def cart_double_pendulum() -> Robot:
     return Robot(
         "double_pendulum", links, density=1000.0, limit_ke=100.0, limit_kd=1.0, actuated=["slider"], gear=[1000.0]
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# MASS skeletons (DiffRL's SNU humanoid)
+
+# MASS files are y-up and face +z; this rotation maps them to z-up facing +x
+# (new x = old z, new y = old x, new z = old y)
+_MASS_TO_WORLD = ((0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+
+
+def _orthonormal(r: Any) -> Any:
+    """Nearest rotation matrix (polar decomposition); MASS files round their matrices."""
+    import numpy as np
+
+    u, _, vt = np.linalg.svd(np.asarray(r, dtype=np.float64))
+    m = u @ vt
+    if np.linalg.det(m) < 0:
+        u[:, -1] *= -1
+        m = u @ vt
+    return m
+
+
+def _matrix_quat(m: Any) -> tuple[float, float, float, float]:
+    """Quaternion (xyzw) of a rotation matrix (Shepperd's method)."""
+    import numpy as np
+
+    m = np.asarray(m, dtype=np.float64)
+    tr = float(np.trace(m))
+    if tr > 0:
+        s = 2.0 * math.sqrt(tr + 1.0)
+        q = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s)
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * math.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        v = [0.0, 0.0, 0.0]
+        v[i] = 0.25 * s
+        v[j] = (m[j, i] + m[i, j]) / s
+        v[k] = (m[k, i] + m[i, k]) / s
+        q = (v[0], v[1], v[2], (m[k, j] - m[j, k]) / s)
+    n = math.sqrt(sum(c * c for c in q))
+    return (q[0] / n, q[1] / n, q[2] / n, q[3] / n)
+
+
+def mass_skeleton(model: MassModel, name: str = "snu_humanoid") -> Robot:
+    """The kept MASS skeleton as a :class:`Robot`, following DiffRL's ``Skeleton`` builder.
+
+    Link frames are the MASS joint frames (MASS world axes at rest); the floating base starts at the
+    root joint's rest position, rotated to z-up facing +x. Boxes get density mass/volume and sit at
+    ``inv(joint_X_s) · body_X_s``. Per link, with ``ms = mass / 15``: hinges have limit stiffness
+    ``1000 ms``, always-on limit damping ``10 ms``, a spring ``5 √ms`` to 0, damping 2; every joint has
+    armature 0.05; ball joints have no limits and no spring (their passive terms are added by the env).
+    Nothing is actuated: muscles drive the skeleton.
+    """
+    import numpy as np
+
+    index = {n.name: i for i, n in enumerate(model.nodes)}
+    to_world = np.asarray(_MASS_TO_WORLD)
+    links: list[Link] = []
+    for node in model.nodes:
+        rj = _orthonormal(node.joint.R)
+        if node.parent is not None:
+            parent = model.nodes[index[node.parent]]
+            rp = _orthonormal(parent.joint.R)
+            if not np.allclose(rp.T @ rj, np.eye(3), atol=1e-3):
+                raise ValueError(f"MASS node {node.name!r}: rotated joint frames are not supported")
+            pivot = rp.T @ (node.joint.t - parent.joint.t)
+        else:
+            pivot = to_world @ node.joint.t
+        center = rj.T @ (node.body.t - node.joint.t)
+        rot = rj.T @ _orthonormal(node.body.R)
+        box = Box(
+            center=tuple(float(c) for c in center),
+            half=tuple(float(h) / 2.0 for h in node.size),
+            density=node.mass / float(np.prod(node.size)),
+            rotation=_matrix_quat(rot),
+        )
+        ms = node.mass / 15.0
+        if node.joint_type == "Free":
+            joints: Any = "free"
+        elif node.joint_type == "Ball":
+            joints = [Joint("ball", (0.0, 0.0, 1.0), armature=0.05, name=node.name)]
+        elif node.joint_type == "Revolute":
+            assert node.axis is not None
+            lim = None if node.lower is None or node.upper is None else (float(node.lower[0]), float(node.upper[0]))
+            joints = [
+                Joint(
+                    "hinge",
+                    tuple(float(a) for a in node.axis),
+                    limits=lim,
+                    stiffness=5.0 * math.sqrt(ms),
+                    damping=2.0,
+                    armature=0.05,
+                    name=node.name,
+                    limit_ke=1000.0 * ms,
+                    limit_kd=10.0 * ms,
+                )
+            ]
+        else:
+            raise ValueError(f"MASS node {node.name!r}: joint type {node.joint_type} is not supported")
+        links.append(
+            Link(
+                name=node.name,
+                parent=-1 if node.parent is None else index[node.parent],
+                pivot=tuple(float(c) for c in pivot),
+                joints=joints,
+                shapes=[box],
+                rotation=_matrix_quat(to_world) if node.parent is None else (0.0, 0.0, 0.0, 1.0),
+            )
+        )
+    return Robot(name=name, links=links, density=1000.0, limit_ke=0.0, limit_kd=0.0, actuated=[], gear=[])

@@ -141,3 +141,28 @@ def test_missing_files_and_bad_selections_are_clear(tmp_path: Path) -> None:
         load_mass(s, m, keep=("Root", "Foot"))
     with pytest.raises(MassFormatError, match="dropped parent"):
         load_mass(s, m, keep=("Leg",))
+
+
+@needs_assets
+def test_public_skeleton_builds_the_29_q_24_qd_articulation_standing_on_its_feet() -> None:
+    import torch
+
+    from pwm_bench.envs.physics import ArticulatedSim, ContactParams, build_robot
+    from pwm_bench.envs.robots import mass_skeleton
+
+    robot = mass_skeleton(load_mass(MASS_DIR / "human.xml", MASS_DIR / "muscle284.xml"))
+    built = build_robot(robot)
+    one = built.builder
+    # 7 + 2·4 (femur quats) + 2·1 (knees) + 2·4 (talus quats) + 4·1 (toes) coordinates (envs.md §3.2)
+    assert (one.body_count, one.joint_coord_count, one.joint_dof_count) == (11, 29, 24)
+    assert built.total_mass == pytest.approx(37.0, rel=1e-6) and len(built.contact_body) == 11 * 8
+    sim = ArticulatedSim(robot, 2, "cpu", dt=1 / 60, substeps=48, contact=ContactParams(5e3, 2e3, 1e3, 0.5))
+    q = sim.default_q().expand(2, -1).clone()
+    assert q[0, 2] == pytest.approx(0.9809, abs=1e-4)  # pelvis at its rest height, z-up
+    d = sim.contact_distances(q)
+    assert 0.0 < float(d.min()) < 0.03  # the lowest foot corners just above the ground
+    qd = torch.zeros(2, sim.nqd)
+    for _ in range(10):  # unactuated: it sags under gravity, stays finite and on the ground
+        q, qd = sim.step(q, qd, torch.zeros(2, 0))
+    assert bool(torch.isfinite(q).all()) and 0.5 < float(q[0, 2]) < 1.0
+    assert float(sim.contact_distances(q).min()) > -0.05
