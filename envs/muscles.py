@@ -35,7 +35,10 @@ def _kernel() -> Any:
     def muscle_forces(
         body_q: wp.array(dtype=wp.transform),
         body_com: wp.array(dtype=wp.vec3),
-        tension: wp.array2d(dtype=float),
+        act: wp.array2d(dtype=float),
+        strength: wp.array(dtype=float),
+        act_gain: float,
+        act_bias: float,
         muscle_start: wp.array(dtype=wp.int32),
         point_body: wp.array(dtype=wp.int32),
         point_local: wp.array(dtype=wp.vec3),
@@ -43,7 +46,7 @@ def _kernel() -> Any:
         body_f: wp.array(dtype=wp.spatial_vector),
     ):
         world, m = wp.tid()
-        a = tension[world, m]
+        a = strength[m] * (act_gain * act[world, m] + act_bias)
         base = world * bodies_per_world
         for w in range(muscle_start[m], muscle_start[m + 1] - 1):
             b0 = point_body[w]
@@ -105,29 +108,53 @@ class MuscleSet:
 
 
 class MuscleForces:
-    """Launches :func:`muscle_forces` for ``num_worlds`` copies of a :class:`MuscleSet` on one device."""
+    """Launches the muscle kernel for ``num_worlds`` copies of a :class:`MuscleSet` on one device.
 
-    def __init__(self, muscles: MuscleSet, num_worlds: int, bodies_per_world: int, device: Any) -> None:
+    The tension of muscle ``m`` in world ``w`` is ``strength[m] · (act_gain · act[w, m] + act_bias)``
+    [N]: with the defaults the activation ``act`` is the tension in units of ``strength``; DiffRL's
+    SNU humanoid maps actions in [-1, 1] to ``[0, 1]`` with gain 0.5 and bias 0.5.
+    """
+
+    def __init__(
+        self,
+        muscles: MuscleSet,
+        num_worlds: int,
+        bodies_per_world: int,
+        device: Any,
+        act_gain: float = 1.0,
+        act_bias: float = 0.0,
+    ) -> None:
         wp = _warp()
-        self.muscles, self.num_worlds, self.bodies_per_world, self.device = (
-            muscles,
-            num_worlds,
-            bodies_per_world,
-            device,
-        )
+        self.muscles = muscles
+        self.num_worlds = num_worlds
+        self.bodies_per_world = bodies_per_world
+        self.device = device
+        self.act_gain, self.act_bias = float(act_gain), float(act_bias)
         self._start = wp.array(muscles.start, dtype=wp.int32, device=device)
         self._body = wp.array(muscles.body, dtype=wp.int32, device=device)
         self._local = wp.array(muscles.local, dtype=wp.vec3, device=device)
+        self._strength = wp.array(muscles.strength, dtype=float, device=device)
 
-    def launch(self, body_q: Any, body_com: Any, tension: Any, body_f: Any) -> None:
-        """Add the muscle wrenches for tensions ``(num_worlds, M)`` [N] to ``body_f`` (accumulates)."""
+    def launch(self, body_q: Any, body_com: Any, act: Any, body_f: Any) -> None:
+        """Add the muscle wrenches for activations ``act`` ``(num_worlds, M)`` to ``body_f`` (accumulates)."""
         wp = _warp()
         if self.muscles.count == 0:
             return
         wp.launch(
             _kernel(),
             dim=(self.num_worlds, self.muscles.count),
-            inputs=[body_q, body_com, tension, self._start, self._body, self._local, self.bodies_per_world],
+            inputs=[
+                body_q,
+                body_com,
+                act,
+                self._strength,
+                self.act_gain,
+                self.act_bias,
+                self._start,
+                self._body,
+                self._local,
+                self.bodies_per_world,
+            ],
             outputs=[body_f],
             device=self.device,
         )

@@ -60,8 +60,9 @@ def _reference(poses: np.ndarray, tension: np.ndarray) -> np.ndarray:
 def _run(poses: np.ndarray, tension: np.ndarray, weights: np.ndarray | None = None):
     import warp as wp
 
-    muscles = MuscleSet.from_lists(BODIES, POINTS, [1.0, 1.0])
-    forces = MuscleForces(muscles, num_worlds=2, bodies_per_world=3, device="cpu")
+    # strength 2 with gain 0.5 and bias 0: the kernel's tension equals ``tension``
+    muscles = MuscleSet.from_lists(BODIES, POINTS, [2.0, 2.0])
+    forces = MuscleForces(muscles, num_worlds=2, bodies_per_world=3, device="cpu", act_gain=0.5)
     body_q = wp.array(poses, dtype=wp.transform, device="cpu", requires_grad=True)
     com = wp.array(np.tile(COM, (2, 1)), dtype=wp.vec3, device="cpu")
     ten = wp.array(tension.astype(np.float32), dtype=float, device="cpu", requires_grad=True)
