@@ -80,7 +80,8 @@ class Joint:
 
     Attributes:
         kind: ``"hinge"`` (revolute, rad), ``"slide"`` (prismatic, m) or ``"ball"`` (three rotational
-            DOFs, a quaternion coordinate; ``axis``, ``limits`` and ``stiffness`` do not apply).
+            DOFs, a quaternion coordinate; ``axis`` and ``limits`` do not apply, and ``stiffness`` /
+            ``damping`` act as ``-ke·imag(q_rel) - kd·ω_rel`` toward the rest orientation).
         axis: joint axis in the parent link frame (normalised on use).
         limits: ``(lower, upper)`` in rad or m; ``None`` for an unlimited joint.
         stiffness: spring towards ``rest`` [N·m/rad or N/m] (dflex ``ke``).
@@ -242,6 +243,8 @@ class BuiltRobot:
     """Body index of each :class:`Link` (its last, massive body)."""
     total_mass: float
     """Sum of body masses [kg]."""
+    balls: list[tuple[int, int, float, float]] = dataclasses.field(default_factory=list)
+    """Ball joints as ``(parent body, child body, stiffness [N·m/rad], damping [N·m·s/rad])``."""
 
 
 def build_robot(robot: Robot) -> BuiltRobot:
@@ -259,6 +262,7 @@ def build_robot(robot: Robot) -> BuiltRobot:
     armature: list[float] = []
     body_names: list[str] = []
     link_body: list[int] = []
+    balls: list[tuple[int, int, float, float]] = []
     joints: list[int] = []
     big = 1.0e6
 
@@ -290,7 +294,8 @@ def build_robot(robot: Robot) -> BuiltRobot:
                 limit_ke = robot.limit_ke if jt.limit_ke is None else jt.limit_ke
                 limit_kd = robot.limit_kd if jt.limit_kd is None else jt.limit_kd
                 if jt.kind == "ball":
-                    # no limits and no spring (dflex); the passive terms are the env's business
+                    # no limits (dflex); the spring -ke·imag(q_rel) - kd·ω_rel is applied as body
+                    # torques by ArticulatedSim (see the ball_springs kernel)
                     joints.append(
                         b.add_joint_ball(
                             prev,
@@ -304,6 +309,8 @@ def build_robot(robot: Robot) -> BuiltRobot:
                     )
                     dof_names += [f"{jt.name or label}_{c}" for c in "xyz"]
                     armature += [jt.armature] * 3
+                    if jt.stiffness or jt.damping:
+                        balls.append((prev, body, float(jt.stiffness), float(jt.damping)))
                     prev = body
                     xform = wp.transform_identity()
                     continue
@@ -386,6 +393,7 @@ def build_robot(robot: Robot) -> BuiltRobot:
         body_names=body_names,
         link_body=link_body,
         total_mass=float(sum(b.body_mass)),
+        balls=balls,
     )
 
 
@@ -458,7 +466,35 @@ def _kernels() -> dict[str, Any]:
         w, i = wp.tid()
         joint_f[w * dofs_per_world + act_dofs[i]] = act[w, i] * gear[i]
 
-    _KERNELS.update(ground_contact=ground_contact, scatter_actions=scatter_actions)
+    @wp.kernel
+    def ball_springs(
+        body_q: wp.array(dtype=wp.transform),
+        body_qd: wp.array(dtype=wp.spatial_vector),
+        parent: wp.array(dtype=wp.int32),
+        child: wp.array(dtype=wp.int32),
+        ke: wp.array(dtype=float),
+        kd: wp.array(dtype=float),
+        joints_per_world: int,
+        bodies_per_world: int,
+        body_f: wp.array(dtype=wp.spatial_vector),
+    ):
+        # passive ball joint: torque -ke·imag(q_rel) (parent frame, to world) - kd·(ω_child - ω_parent)
+        # on the child, the opposite on the parent (rest frames are aligned, so q_rel = q_p⁻¹ q_c)
+        tid = wp.tid()
+        world = tid // joints_per_world
+        j = tid - world * joints_per_world
+        p = world * bodies_per_world + parent[j]
+        c = world * bodies_per_world + child[j]
+        qp = wp.transform_get_rotation(body_q[p])
+        qc = wp.transform_get_rotation(body_q[c])
+        rel = wp.mul(wp.quat_inverse(qp), qc)
+        v = wp.vec3(rel[0], rel[1], rel[2])
+        tau = wp.quat_rotate(qp, -ke[j] * v) - kd[j] * (wp.spatial_bottom(body_qd[c]) - wp.spatial_bottom(body_qd[p]))
+        zero = wp.vec3(0.0, 0.0, 0.0)
+        wp.atomic_add(body_f, c, wp.spatial_vector(zero, tau))
+        wp.atomic_add(body_f, p, wp.spatial_vector(zero, -tau))
+
+    _KERNELS.update(ground_contact=ground_contact, scatter_actions=scatter_actions, ball_springs=ball_springs)
     return _KERNELS
 
 
@@ -500,6 +536,9 @@ class ArticulatedSim:
         dt: float,
         substeps: int,
         contact: ContactParams | None,
+        muscles: Any = None,
+        muscle_gain: float = 1.0,
+        muscle_bias: float = 0.0,
     ) -> None:
         wp = _warp()
         import newton
@@ -516,7 +555,9 @@ class ArticulatedSim:
         self.bodies_per_world = one.body_count
         self.nq = one.joint_coord_count
         self.nqd = one.joint_dof_count
-        self.act_dim = len(self.built.act_dofs)
+        self._n_joint_act = len(self.built.act_dofs)
+        # with muscles (a MuscleSet), the actions are muscle activations instead of joint torques
+        self.act_dim = muscles.count if muscles is not None else self._n_joint_act
         world = newton.ModelBuilder(up_axis=newton.Axis.Z, gravity=(0.0, 0.0, -9.81))
         world.replicate(one, num_envs)
         # requires_grad: the solver allocates its mass-matrix buffers with gradients only if the model has them,
@@ -534,6 +575,18 @@ class ArticulatedSim:
         self._point_local = wp.array(self.built.contact_local, dtype=wp.vec3, device=dev)
         self._point_radius = wp.array(self.built.contact_radius, dtype=float, device=dev)
         self._act_dofs = wp.array(self.built.act_dofs.astype(np.int32), dtype=wp.int32, device=dev)
+        self._muscles = None
+        if muscles is not None:
+            from pwm_bench.envs.muscles import MuscleForces
+
+            self._muscles = MuscleForces(muscles, num_envs, self.bodies_per_world, dev, muscle_gain, muscle_bias)
+        self._balls = len(self.built.balls)
+        if self._balls:
+            cols = list(zip(*self.built.balls, strict=True))
+            self._ball_parent = wp.array(np.asarray(cols[0], dtype=np.int32), dtype=wp.int32, device=dev)
+            self._ball_child = wp.array(np.asarray(cols[1], dtype=np.int32), dtype=wp.int32, device=dev)
+            self._ball_ke = wp.array(np.asarray(cols[2], dtype=np.float32), dtype=float, device=dev)
+            self._ball_kd = wp.array(np.asarray(cols[3], dtype=np.float32), dtype=float, device=dev)
         self._gear = wp.array(self.built.gear, dtype=float, device=dev)
         # forward (no tape): two ping-pong states
         self._fwd = [self.model.state(requires_grad=False) for _ in range(2)]
@@ -602,10 +655,33 @@ class ArticulatedSim:
             device=self.wp_device,
         )
 
+    def _launch_internal(self, body_q: Any, body_qd: Any, body_f: Any, act: Any) -> None:
+        """Muscle wrenches (actions as activations) and passive ball-joint torques into ``body_f``."""
+        wp = _warp()
+        if self._muscles is not None:
+            self._muscles.launch(body_q, self.model.body_com, act, body_f)
+        if self._balls:
+            wp.launch(
+                _kernels()["ball_springs"],
+                dim=self.num_envs * self._balls,
+                inputs=[
+                    body_q,
+                    body_qd,
+                    self._ball_parent,
+                    self._ball_child,
+                    self._ball_ke,
+                    self._ball_kd,
+                    self._balls,
+                    self.bodies_per_world,
+                ],
+                outputs=[body_f],
+                device=self.wp_device,
+            )
+
     def _launch_actions(self, act: Any, joint_f: Any) -> None:
         wp = _warp()
         joint_f.zero_()
-        if self.act_dim:
+        if self._n_joint_act and self._muscles is None:
             wp.launch(
                 self._scatter_kernel,
                 dim=(self.num_envs, self.act_dim),
@@ -627,6 +703,7 @@ class ArticulatedSim:
             s_in, s_out = s[i % 2], s[(i + 1) % 2]
             s_in.body_f.zero_()
             self._launch_contact(s_in.body_q, s_in.body_qd, s_in.body_f)
+            self._launch_internal(s_in.body_q, s_in.body_qd, s_in.body_f, self._fwd_act)
             self.solver.step(s_in, s_out, self._fwd_control, None, sub_dt)
 
     def forward(self, q: torch.Tensor, qd: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -689,7 +766,9 @@ class ArticulatedSim:
                 s_in, s_out = s[i], s[i + 1]
                 s_in.body_f.zero_()
                 self._launch_contact(s_in.body_q, s_in.body_qd, s_in.body_f)
+                self._launch_internal(s_in.body_q, s_in.body_qd, s_in.body_f, self._bwd_act)
                 self.solver.step(s_in, s_out, self._bwd_control, None, sub_dt)
+                self._restore_external_forces(tape, s_in, s_out)
         out = s[self.substeps]
         wp.to_torch(out.joint_q.grad).copy_(grad_q_out.reshape(-1))
         wp.to_torch(out.joint_qd.grad).copy_(grad_qd_out.reshape(-1))
@@ -700,6 +779,22 @@ class ArticulatedSim:
         tape.zero()
         tape.reset()
         return g_q, g_qd, g_act
+
+    @staticmethod
+    def _restore_external_forces(tape: Any, s_in: Any, s_out: Any) -> None:
+        """Work around an adjoint of Newton's Featherstone solver that re-reads overwritten data.
+
+        ``eval_rigid_tau`` reads the external wrenches ``body_f_ext`` and overwrites them in place
+        with their converted form; its adjoint replays the forward on the converted values, so the
+        derivative of each wrench's lever arm with respect to the body poses comes out wrong (4-8 %
+        low on a muscle-driven floating pair, up to about 1 % on the contact envs). Just before that
+        adjoint runs, this puts the unconverted wrenches (still in ``s_in.body_f``) back.
+        """
+        wp = _warp()
+        ext = getattr(s_out, "body_f_ext", None)
+        if ext is None:
+            return
+        tape.record_func(backward=lambda: wp.copy(ext, s_in.body_f), arrays=[])
 
     def step(self, q: torch.Tensor, qd: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One control step; differentiable (through :class:`StepFunction`) when an input requires grad."""

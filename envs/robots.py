@@ -356,8 +356,8 @@ def mass_skeleton(model: MassModel, name: str = "snu_humanoid") -> Robot:
     Link frames are the MASS joint frames (MASS world axes at rest); the floating base starts at the
     root joint's rest position, rotated to z-up facing +x. Boxes get density mass/volume and sit at
     ``inv(joint_X_s) · body_X_s``. Per link, with ``ms = mass / 15``: hinges have limit stiffness
-    ``1000 ms``, always-on limit damping ``10 ms``, a spring ``5 √ms`` to 0, damping 2; every joint has
-    armature 0.05; ball joints have no limits and no spring (their passive terms are added by the env).
+    ``1000 ms``, always-on limit damping ``10 ms``, a spring ``5 √ms`` to 0, damping 2; ball joints have
+    no limits and the same spring and damping as body torques; every joint has armature 0.05.
     Nothing is actuated: muscles drive the skeleton.
     """
     import numpy as np
@@ -387,7 +387,11 @@ def mass_skeleton(model: MassModel, name: str = "snu_humanoid") -> Robot:
         if node.joint_type == "Free":
             joints: Any = "free"
         elif node.joint_type == "Ball":
-            joints = [Joint("ball", (0.0, 0.0, 1.0), armature=0.05, name=node.name)]
+            joints = [
+                Joint(
+                    "ball", (0.0, 0.0, 1.0), stiffness=5.0 * math.sqrt(ms), damping=2.0, armature=0.05, name=node.name
+                )
+            ]
         elif node.joint_type == "Revolute":
             assert node.axis is not None
             lim = None if node.lower is None or node.upper is None else (float(node.lower[0]), float(node.upper[0]))
