@@ -259,14 +259,15 @@ def test_gradients_reach_actions_and_incoming_state_over_32_steps() -> None:
 def test_gradient_check_with_contacts(name: str) -> None:
     env = shared_env(name)
     settle_in_contact(env)
+    # measured: 1-step rel. error 0.00-0.16 %, 8-step cosine >= 0.99999, state cosine >= 0.9998 (hopper, ant,
+    # humanoid); without the external-wrench adjoint workaround in ArticulatedSim they were 0.04-0.77 %,
+    # 0.992 (ant) and 0.989 (hopper), so these bounds catch its return
     one = env_gradient_check(env, steps=1, wrt="actions", eps=1e-2, n_directions=6)
-    assert one.rel_error <= 0.05, one
+    assert one.rel_error <= 0.01, one
     eight = env_gradient_check(env, steps=8, wrt="actions", eps=1e-2, n_directions=6)
-    assert eight.cosine >= 0.95, eight
+    assert eight.cosine >= 0.999, eight
     state = env_gradient_check(env, steps=1, wrt="state", eps=1e-3, n_directions=6)
-    # the incoming-state derivative is stiff (contact depth); float32 central differences only converge
-    # for steps below ~3e-4 per coordinate, so its check is looser
-    assert state.cosine >= 0.95, state
+    assert state.cosine >= 0.995, state
 
 
 def test_gradient_check_double_pendulum_state_and_actions() -> None:
