@@ -139,6 +139,12 @@ def _register_builtins() -> None:
             "DiffRL humanoid (obs 76, act 21), Warp/Newton, differentiable",
         ),
         (
+            "snu_humanoid",
+            loco.SNUHumanoidEnv,
+            loco.SNUHumanoidConfig,
+            "DiffRL SNU humanoid: MASS lower body, 152 muscles (obs 53, act 152); needs the MASS files",
+        ),
+        (
             "double_pendulum",
             loco.DoublePendulumEnv,
             loco.DoublePendulumConfig,

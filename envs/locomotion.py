@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -163,7 +165,18 @@ class WarpArticulationEnv(VecEnv):
         contact = None
         if self.has_ground:
             contact = ContactParams(cfg.contact_ke, cfg.contact_kd, cfg.contact_kf, cfg.contact_mu)
-        self.sim = ArticulatedSim(robot, num_envs, device, dt=self.dt, substeps=cfg.substeps, contact=contact)
+        muscles, gain, bias = self.muscle_set()
+        self.sim = ArticulatedSim(
+            robot,
+            num_envs,
+            device,
+            dt=self.dt,
+            substeps=cfg.substeps,
+            contact=contact,
+            muscles=muscles,
+            muscle_gain=gain,
+            muscle_bias=bias,
+        )
         self.sim.graph_capture = cfg.graph_capture
         super().__init__(
             name=name,
@@ -184,6 +197,10 @@ class WarpArticulationEnv(VecEnv):
         self._no_resets = False
 
     has_ground: bool = True
+
+    def muscle_set(self) -> tuple[Any, float, float]:
+        """``(MuscleSet or None, gain, bias)``: muscles driven by the actions (none: joint torques)."""
+        return None, 1.0, 0.0
 
     # -- to implement ---------------------------------------------------------------------------
 
@@ -518,3 +535,107 @@ class DoublePendulumEnv(WarpArticulationEnv):
             + 0.05 * obs[:, 0].square()
             + 0.1 * obs[:, 3].square()
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# the SNU humanoid: MASS lower body driven by 152 muscles
+
+MASS_ENV_VAR = "PWM_BENCH_MASS_DIR"
+MASS_FILES = ("human.xml", "muscle284.xml")
+
+
+@dataclasses.dataclass
+class SNUHumanoidConfig(WarpEnvConfig):
+    """SNU humanoid knobs; defaults are DiffRL's (contact 5e3 / 2e3 / 1e3 / 0.5, 48 substeps)."""
+
+    substeps: int = 48
+    """Solver steps per control step of 1/60 s."""
+    contact_ke: float = 5.0e3
+    """Ground-contact normal stiffness [N/m]."""
+    contact_kd: float = 2.0e3
+    """Ground-contact damping per unit depth [N·s/m²]."""
+    contact_kf: float = 1.0e3
+    """Ground-contact friction slope [N·s/m]."""
+    contact_mu: float = 0.5
+    """Ground-contact friction coefficient."""
+    mass_dir: str = ""
+    """Folder with the MASS files human.xml and muscle284.xml (empty: $PWM_BENCH_MASS_DIR)."""
+    strength_scale: float = 0.36
+    """Peak muscle tension as a fraction of f0 (DiffRL applies its 0.6 twice: 0.36)."""
+
+
+def mass_files(mass_dir: str = "") -> tuple[Path, Path]:
+    """The MASS skeleton and muscle files in ``mass_dir`` or ``$PWM_BENCH_MASS_DIR``.
+
+    Raises:
+        UsageError: no folder given or a file is missing; the message says where the files come from.
+    """
+    folder = mass_dir or os.environ.get(MASS_ENV_VAR, "")
+    where = (
+        "snu_humanoid needs the MASS model files human.xml and muscle284.xml (Apache-2.0, "
+        "github.com/lsw9021/MASS, folder data/); pass --set env.mass_dir=DIR or set "
+        f"{MASS_ENV_VAR}=DIR"
+    )
+    if not folder:
+        raise UsageError(where)
+    paths = tuple(Path(folder) / f for f in MASS_FILES)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} not found; {where}")
+    return paths[0], paths[1]
+
+
+class SNUHumanoidEnv(FloatingBaseEnv):
+    """DiffRL's SNU humanoid: the MASS lower body (11 bodies) driven by its 152 muscles.
+
+    Observation (53): ``[z, quat(4), v(3), ω(3), joint q(22), 0.1 joint qd(18), up, heading]`` (no
+    previous action). Actions in [-1, 1] become activations ``0.5 a + 0.5`` of tensions
+    ``0.36 f0`` [N]. Reward ``vx + 0.1 up + heading - 0.001 Σ(0.5 a + 0.5)`` (DiffRL computes a height
+    term but does not add it). Terminates when the pelvis is below 0.46 m. Start: the rest pose,
+    position ±0.1 m, tilt ±7.5°, velocities ±0.25 (joint angles are not randomised).
+    """
+
+    def __init__(
+        self, num_envs: int, device: Any = "cpu", differentiable: bool = False, cfg: SNUHumanoidConfig | None = None
+    ) -> None:
+        from pwm_bench.envs.mass import load_mass
+
+        cfg = cfg or SNUHumanoidConfig()
+        self._mass = load_mass(*mass_files(cfg.mass_dir))
+        super().__init__("snu_humanoid", 53, num_envs, device, differentiable, cfg)
+        self._start_joints = self.sim.default_q()[7:].clone()  # identity ball quaternions, zero hinges
+        # MASS body frames are y-up and face +z: up and forward in the pelvis frame
+        self._ez = torch.tensor([0.0, 1.0, 0.0], device=self.device)
+        self._ex = torch.tensor([0.0, 0.0, 1.0], device=self.device)
+
+    def robot(self) -> Robot:  # type: ignore[override]
+        return robots.mass_skeleton(self._mass)
+
+    def muscle_set(self) -> tuple[Any, float, float]:
+        from pwm_bench.envs.muscles import MuscleSet
+
+        m = self._mass
+        scale = float(self.cfg.strength_scale)  # type: ignore[attr-defined]
+        muscles = MuscleSet.from_lists(
+            m.muscle_links(), [u.points for u in m.muscles], [scale * u.f0 for u in m.muscles]
+        )
+        return muscles, 0.5, 0.5
+
+    def _floating_init(self, n: int, start_joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.sim.default_q().expand(n, -1).clone()
+        q[:, 7:] = start_joints
+        qd = torch.zeros(n, self.nqd, device=self.device)
+        if self.cfg.stochastic_init:
+            q[:, 0:3] += self._uniform(n, 3, scale=0.1)
+            q[:, 3:7] = _quat_mul(self._random_tilt(n, math.pi / 24.0), q[:, 3:7])
+            qd = self._uniform(n, self.nqd, scale=0.25)
+        return q, qd
+
+    def _observe(self, q: torch.Tensor, qd: torch.Tensor, last_action: torch.Tensor) -> torch.Tensor:
+        return super()._observe(q, qd, last_action)[:, :53]
+
+    def _reward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return obs[:, 5] + 0.1 * obs[:, 51] + obs[:, 52] - 0.001 * (0.5 * action + 0.5).sum(-1)
+
+    def _fallen(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs[:, 0] < 0.46
