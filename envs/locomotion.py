@@ -339,15 +339,19 @@ class WarpArticulationEnv(VecEnv):
         s = torch.sin(0.5 * angle).unsqueeze(-1)
         return torch.cat([axis * s, torch.cos(0.5 * angle).unsqueeze(-1)], dim=-1)
 
+    joint_init_noise: float = 0.2
+    """Half-width [rad] of the uniform noise on the joint coordinates at a stochastic start."""
+
     def _floating_init(self, n: int, start_joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """DiffRL ant/humanoid init: position ±0.1 m, tilt ±7.5°, joints ±0.2 rad, velocities ±0.25."""
+        """DiffRL init: position ±0.1 m, tilt ±7.5°, joints ±``joint_init_noise``, velocities ±0.25."""
         q = self.sim.default_q().expand(n, -1).clone()
         q[:, 7:] = start_joints
         qd = torch.zeros(n, self.nqd, device=self.device)
         if self.cfg.stochastic_init:
             q[:, 0:3] += self._uniform(n, 3, scale=0.1)
             q[:, 3:7] = _quat_mul(self._random_tilt(n, math.pi / 24.0), q[:, 3:7])
-            q[:, 7:] += self._uniform(n, self.nq - 7, scale=0.2)
+            if self.joint_init_noise:
+                q[:, 7:] += self._uniform(n, self.nq - 7, scale=self.joint_init_noise)
             qd = self._uniform(n, self.nqd, scale=0.25)
         return q, qd
 
@@ -595,6 +599,8 @@ class SNUHumanoidEnv(FloatingBaseEnv):
     position ±0.1 m, tilt ±7.5°, velocities ±0.25 (joint angles are not randomised).
     """
 
+    joint_init_noise = 0.0  # DiffRL does not randomise the SNU humanoid's joint angles
+
     def __init__(
         self, num_envs: int, device: Any = "cpu", differentiable: bool = False, cfg: SNUHumanoidConfig | None = None
     ) -> None:
@@ -620,16 +626,6 @@ class SNUHumanoidEnv(FloatingBaseEnv):
             m.muscle_links(), [u.points for u in m.muscles], [scale * u.f0 for u in m.muscles]
         )
         return muscles, 0.5, 0.5
-
-    def _floating_init(self, n: int, start_joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.sim.default_q().expand(n, -1).clone()
-        q[:, 7:] = start_joints
-        qd = torch.zeros(n, self.nqd, device=self.device)
-        if self.cfg.stochastic_init:
-            q[:, 0:3] += self._uniform(n, 3, scale=0.1)
-            q[:, 3:7] = _quat_mul(self._random_tilt(n, math.pi / 24.0), q[:, 3:7])
-            qd = self._uniform(n, self.nqd, scale=0.25)
-        return q, qd
 
     def _observe(self, q: torch.Tensor, qd: torch.Tensor, last_action: torch.Tensor) -> torch.Tensor:
         return super()._observe(q, qd, last_action)[:, :53]

@@ -555,9 +555,10 @@ class ArticulatedSim:
         self.bodies_per_world = one.body_count
         self.nq = one.joint_coord_count
         self.nqd = one.joint_dof_count
-        self._n_joint_act = len(self.built.act_dofs)
         # with muscles (a MuscleSet), the actions are muscle activations instead of joint torques
-        self.act_dim = muscles.count if muscles is not None else self._n_joint_act
+        if muscles is not None and len(self.built.act_dofs):
+            raise ValueError(f"robot {robot.name!r}: actions drive either joints or muscles, not both")
+        self.act_dim = muscles.count if muscles is not None else len(self.built.act_dofs)
         world = newton.ModelBuilder(up_axis=newton.Axis.Z, gravity=(0.0, 0.0, -9.81))
         world.replicate(one, num_envs)
         # requires_grad: the solver allocates its mass-matrix buffers with gradients only if the model has them,
@@ -681,7 +682,7 @@ class ArticulatedSim:
     def _launch_actions(self, act: Any, joint_f: Any) -> None:
         wp = _warp()
         joint_f.zero_()
-        if self._n_joint_act and self._muscles is None:
+        if self._muscles is None and self.act_dim:
             wp.launch(
                 self._scatter_kernel,
                 dim=(self.num_envs, self.act_dim),

@@ -92,3 +92,10 @@ def test_gradients_through_muscles_and_ball_springs_match_finite_differences(wrt
     x = (act0 if wrt == "act" else qd0).double()
     report = fd_gradient_check(fn, x, eps=1e-2, n_directions=6)
     assert report.cosine > 0.99 and report.rel_error < 0.05, report
+
+
+def test_actions_drive_joints_or_muscles_not_both() -> None:
+    robot, muscles = _two_boxes()
+    actuated = Robot(robot.name, robot.links, 1000.0, 0.0, 0.0, actuated=["hip_x"], gear=[1.0])
+    with pytest.raises(ValueError, match="not both"):
+        ArticulatedSim(actuated, 1, "cpu", dt=1 / 60, substeps=2, contact=None, muscles=muscles)
