@@ -31,9 +31,16 @@ _PAPER_TABLE: dict[str, tuple[int, int, int, int, tuple[int, ...]]] = {
     "ant": (2048, 16384, 5, 5000, (128, 64, 32)),
     "humanoid": (1024, 8192, 5, 5000, (256, 128, 64)),
     "snu_humanoid": (1024, 8192, 6, 20000, (512, 512, 256)),
+    "muscle_humanoid": (1024, 8192, 6, 20000, (512, 512, 256)),
 }
 
-CPU_BUDGET: dict[str, int] = {"hopper": 1_024_000, "ant": 1_024_000, "humanoid": 524_288, "snu_humanoid": 524_288}
+CPU_BUDGET: dict[str, int] = {
+    "hopper": 1_024_000,
+    "ant": 1_024_000,
+    "humanoid": 524_288,
+    "snu_humanoid": 524_288,
+    "muscle_humanoid": 524_288,
+}
 """Env-step budgets of the ``cpu`` presets on the Warp envs (about 30 minutes or less on 2 CPU cores)."""
 
 # settings shared by DiffRL's rl_games PPO configs (examples/cfg/ppo/*.yaml): one network with two

@@ -37,6 +37,7 @@ _PAPER_TABLE: dict[str, tuple[int, int, float, float, tuple[int, ...], int, int]
     "ant": (128, 4096, 5e-4, 5e-3, (256, 128, 64), 5000, 5),
     "humanoid": (64, 2048, 3e-4, 2e-4, (512, 256), 5000, 2),
     "snu_humanoid": (256, 4096, 3e-4, 2e-4, (512, 512, 512, 256), 10000, 2),
+    "muscle_humanoid": (256, 4096, 3e-4, 2e-4, (512, 512, 512, 256), 10000, 2),
 }
 _STEPS_PER_EPOCH = 128
 LOG_STD_RANGE = (-5.0, 2.0)

@@ -43,10 +43,17 @@ _PAPER_TABLE: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], float, floa
     "ant": (64, (128, 64, 32), (64, 64), 2e-3, 2e-3, 0.2),
     "humanoid": (64, (256, 128), (128, 128), 2e-3, 5e-4, 0.995),
     "snu_humanoid": (64, (512, 256), (256, 256), 2e-3, 5e-4, 0.995),
+    "muscle_humanoid": (64, (512, 256), (256, 256), 2e-3, 5e-4, 0.995),  # SNU humanoid's
     "double_pendulum": (64, (64, 64), (64, 64), 1e-2, 1e-3, 0.2),
 }
 _PAPER_EPOCHS = 2000
-CPU_BUDGET: dict[str, int] = {"hopper": 1_024_000, "ant": 1_024_000, "humanoid": 131_072, "snu_humanoid": 131_072}
+CPU_BUDGET: dict[str, int] = {
+    "hopper": 1_024_000,
+    "ant": 1_024_000,
+    "humanoid": 131_072,
+    "snu_humanoid": 131_072,
+    "muscle_humanoid": 131_072,
+}
 """Env-step budgets of the ``cpu`` presets (the differentiable humanoid runs at ~90 steps/s on 2 cores)."""
 MIN_LR = 1e-5
 """Both learning rates decay linearly from their initial value to this over the run."""
@@ -122,7 +129,7 @@ class SHACConfig(TrainConfig):
                 **common,
                 "num_envs": n,
                 "total_steps": CPU_BUDGET.get(env, 1_024_000),
-                "eval_every": 51_200 if env != "humanoid" else 16_384,
+                "eval_every": 16_384 if "humanoid" in env else 51_200,
                 "eval_episodes": 8,
             }
         if preset == "paper":

@@ -145,6 +145,12 @@ def _register_builtins() -> None:
             "DiffRL SNU humanoid: MASS lower body, 152 muscles (obs 53, act 152); needs the MASS files",
         ),
         (
+            "muscle_humanoid",
+            loco.MuscleHumanoidEnv,
+            loco.MuscleHumanoidConfig,
+            "pwm-bench's own 152-muscle lower body on the SNU skeleton (obs 53, act 152); no files needed",
+        ),
+        (
             "double_pendulum",
             loco.DoublePendulumEnv,
             loco.DoublePendulumConfig,

@@ -32,7 +32,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +40,9 @@ from pwm_bench.envs import robots
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.envs.physics import ArticulatedSim, ContactParams, Robot, quat_rotate
 from pwm_bench.errors import UsageError
+
+if TYPE_CHECKING:
+    from pwm_bench.envs.mass import MassModel
 
 
 @dataclasses.dataclass
@@ -549,8 +552,8 @@ MASS_FILES = ("human.xml", "muscle284.xml")
 
 
 @dataclasses.dataclass
-class SNUHumanoidConfig(WarpEnvConfig):
-    """SNU humanoid knobs; defaults are DiffRL's (contact 5e3 / 2e3 / 1e3 / 0.5, 48 substeps)."""
+class MuscleHumanoidConfig(WarpEnvConfig):
+    """Muscle-humanoid knobs; defaults are DiffRL's SNU humanoid (contact 5e3 / 2e3 / 1e3 / 0.5, 48 substeps)."""
 
     substeps: int = 48
     """Solver steps per control step of 1/60 s."""
@@ -562,10 +565,16 @@ class SNUHumanoidConfig(WarpEnvConfig):
     """Ground-contact friction slope [N·s/m]."""
     contact_mu: float = 0.5
     """Ground-contact friction coefficient."""
-    mass_dir: str = ""
-    """Folder with the MASS files human.xml and muscle284.xml (empty: $PWM_BENCH_MASS_DIR)."""
     strength_scale: float = 0.36
     """Peak muscle tension as a fraction of f0 (DiffRL applies its 0.6 twice: 0.36)."""
+
+
+@dataclasses.dataclass
+class SNUHumanoidConfig(MuscleHumanoidConfig):
+    """SNU humanoid knobs: the muscle humanoid's plus where the MASS files are."""
+
+    mass_dir: str = ""
+    """Folder with the MASS files human.xml and muscle284.xml (empty: $PWM_BENCH_MASS_DIR)."""
 
 
 def mass_files(mass_dir: str = "") -> tuple[Path, Path]:
@@ -589,8 +598,12 @@ def mass_files(mass_dir: str = "") -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-class SNUHumanoidEnv(FloatingBaseEnv):
-    """DiffRL's SNU humanoid: the MASS lower body (11 bodies) driven by its 152 muscles.
+class MuscleHumanoidEnv(FloatingBaseEnv):
+    """pwm-bench's muscle humanoid: DiffRL's 11-body lower body with the project's 152 muscles.
+
+    The model is :func:`pwm_bench.envs.muscle_template.template_model` (no files needed); the
+    observation, actions, reward, termination and start states are those of the SNU humanoid
+    (:class:`SNUHumanoidEnv`).
 
     Observation (53): ``[z, quat(4), v(3), ω(3), joint q(22), 0.1 joint qd(18), up, heading]`` (no
     previous action). Actions in [-1, 1] become activations ``0.5 a + 0.5`` of tensions
@@ -602,20 +615,34 @@ class SNUHumanoidEnv(FloatingBaseEnv):
     joint_init_noise = 0.0  # DiffRL does not randomise the SNU humanoid's joint angles
 
     def __init__(
-        self, num_envs: int, device: Any = "cpu", differentiable: bool = False, cfg: SNUHumanoidConfig | None = None
+        self,
+        num_envs: int,
+        device: Any = "cpu",
+        differentiable: bool = False,
+        cfg: MuscleHumanoidConfig | None = None,
+        name: str = "muscle_humanoid",
     ) -> None:
-        from pwm_bench.envs.mass import load_mass
-
-        cfg = cfg or SNUHumanoidConfig()
-        self._mass = load_mass(*mass_files(cfg.mass_dir))
-        super().__init__("snu_humanoid", 53, num_envs, device, differentiable, cfg)
+        cfg = cfg or MuscleHumanoidConfig()
+        self._mass = self._load_model(cfg)
+        self.name = name  # robot() names the model after the env
+        super().__init__(name, 53, num_envs, device, differentiable, cfg)
         self._start_joints = self.sim.default_q()[7:].clone()  # identity ball quaternions, zero hinges
         # MASS body frames are y-up and face +z: up and forward in the pelvis frame
         self._ez = torch.tensor([0.0, 1.0, 0.0], device=self.device)
         self._ex = torch.tensor([0.0, 0.0, 1.0], device=self.device)
 
+    def _load_model(self, cfg: MuscleHumanoidConfig) -> MassModel:
+        from pwm_bench.envs.muscle_template import template_model
+
+        return template_model()
+
+    @property
+    def model(self) -> MassModel:
+        """The skeleton and muscles (waypoints in joint frames); action ``i`` drives ``model.muscles[i]``."""
+        return self._mass
+
     def robot(self) -> Robot:  # type: ignore[override]
-        return robots.mass_skeleton(self._mass)
+        return robots.mass_skeleton(self._mass, name=self.name)
 
     def muscle_set(self) -> tuple[Any, float, float]:
         from pwm_bench.envs.muscles import MuscleSet
@@ -635,3 +662,21 @@ class SNUHumanoidEnv(FloatingBaseEnv):
 
     def _fallen(self, obs: torch.Tensor) -> torch.Tensor:
         return obs[:, 0] < 0.46
+
+
+class SNUHumanoidEnv(MuscleHumanoidEnv):
+    """DiffRL's SNU humanoid: the MASS lower body (11 bodies) driven by its 152 muscles.
+
+    Built from the MASS files in ``cfg.mass_dir`` or ``$PWM_BENCH_MASS_DIR`` (see :func:`mass_files`);
+    observation, actions, reward, termination and start states as in :class:`MuscleHumanoidEnv`.
+    """
+
+    def __init__(
+        self, num_envs: int, device: Any = "cpu", differentiable: bool = False, cfg: SNUHumanoidConfig | None = None
+    ) -> None:
+        super().__init__(num_envs, device, differentiable, cfg or SNUHumanoidConfig(), name="snu_humanoid")
+
+    def _load_model(self, cfg: MuscleHumanoidConfig) -> MassModel:
+        from pwm_bench.envs.mass import load_mass
+
+        return load_mass(*mass_files(getattr(cfg, "mass_dir", "")))

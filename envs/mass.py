@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -297,11 +298,20 @@ def load_mass(skeleton: str | Path, muscles: str | Path, keep: tuple[str, ...] |
             raise MassFormatError(
                 f"{muscles}: <Unit name={u.name!r}>: waypoint body {unknown[0]!r} is not in {skeleton.name}"
             )
-        if not all(b in kept_names for b in u.bodies):
-            continue
-        local = np.stack([by_name[b].joint.inverse_apply(p) for b, p in zip(u.bodies, u.points, strict=True)])
-        out.append(dataclasses.replace(u, points=local))
-    return MassModel(nodes=tuple(kept), muscles=tuple(out), total_units=len(units))
+        if all(b in kept_names for b in u.bodies):
+            out.append(u)
+    return MassModel(nodes=tuple(kept), muscles=tuple(to_joint_frames(kept, out)), total_units=len(units))
+
+
+def to_joint_frames(nodes: Sequence[MassNode], units: Sequence[MassMuscle]) -> list[MassMuscle]:
+    """``units`` with their world rest-pose waypoints expressed in the joint frame of their body."""
+    by_name = {n.name: n for n in nodes}
+    return [
+        dataclasses.replace(
+            u, points=np.stack([by_name[b].joint.inverse_apply(p) for b, p in zip(u.bodies, u.points, strict=True)])
+        )
+        for u in units
+    ]
 
 
 __all__ = [
@@ -315,4 +325,5 @@ __all__ = [
     "load_mass",
     "parse_muscles",
     "parse_skeleton",
+    "to_joint_frames",
 ]

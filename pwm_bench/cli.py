@@ -125,7 +125,8 @@ def run(
         return "—" if v is None else f"{v:.1f}"
 
     typer.echo(
-        f"{result.status}: eval return {fmt(s.get('final_eval_return'))} (best {fmt(s.get('best_eval_return'))}) "
+        f"{result.status}: eval return {fmt(s.get('final_eval_return'))} (best {fmt(s.get('best_eval_return'))}, "
+        f"random actions {fmt(s.get('random_eval_return'))}) "
         f"after {s.get('env_steps', 0):,} env steps in {s.get('wall_time', 0.0):.0f} s -> {result.run_dir}"
     )
     if s.get("tasks"):
@@ -204,7 +205,7 @@ def compare(
     if csv is not None:
         atomic_write_text(csv, df.to_csv(index=False))
     table = Table(title=f"{env}, preset {preset}, seeds 0-{seeds - 1}  (eval return: mean ± std over seeds)")
-    for col in ("algo", "runs", "final eval return", "best eval return", "env steps", "wall time"):
+    for col in ("algo", "runs", "final eval return", "best eval return", "random actions", "env steps", "wall time"):
         table.add_column(col, justify="left" if col == "algo" else "right")
 
     def pm(m: float, s: float) -> str:
@@ -214,7 +215,13 @@ def compare(
         steps = "—" if r["env_steps"] != r["env_steps"] else f"{r['env_steps']:,.0f}"
         wall = "—" if r["wall_time"] != r["wall_time"] else f"{r['wall_time']:.0f} s"
         table.add_row(
-            r["algo"], r["runs"], pm(r["final_mean"], r["final_std"]), pm(r["best_mean"], r["best_std"]), steps, wall
+            r["algo"],
+            r["runs"],
+            pm(r["final_mean"], r["final_std"]),
+            pm(r["best_mean"], r["best_std"]),
+            "—" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.1f}",
+            steps,
+            wall,
         )
     _console().print(table)
     if csv is not None:
@@ -569,6 +576,7 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
         "wall_time",
         "final_eval_return",
         "best_eval_return",
+        "random_eval_return",
         "resumes",
     ):
         if key in summary:

@@ -163,7 +163,8 @@ def run_grid(
 
 def summarize(cells: Sequence[Cell]) -> Any:
     """Per-algorithm table (pandas DataFrame): runs completed, final and best eval return
-    (mean and std across seeds), mean env steps and mean wall time (s)."""
+    (mean and std across seeds), the mean return of uniform random actions on the same evaluation
+    worlds, mean env steps and mean wall time (s)."""
     import pandas as pd
 
     rows = []
@@ -176,6 +177,7 @@ def summarize(cells: Sequence[Cell]) -> Any:
                 "status": s.get("status", "missing"),
                 "final": s.get("final_eval_return"),
                 "best": s.get("best_eval_return"),
+                "random": s.get("random_eval_return"),
                 "env_steps": s.get("env_steps"),
                 "wall_time": s.get("wall_time"),
             }
@@ -190,6 +192,7 @@ def summarize(cells: Sequence[Cell]) -> Any:
             "final_std": g["final"].std(ddof=0),
             "best_mean": g["best"].mean(),
             "best_std": g["best"].std(ddof=0),
+            "random_mean": g["random"].mean(),
             "env_steps": g["env_steps"].mean(),
             "wall_time": g["wall_time"].mean(),
         }

@@ -931,16 +931,6 @@ def normalized_score(ret: float, random_ret: float, reference_ret: float | None)
     return (ret - random_ret) / (reference_ret - random_ret)
 
 
-class _UniformPolicy:
-    """Uniform random actions in [-1, 1] from a seeded generator (the score's floor)."""
-
-    def __init__(self, act_dim: int, seed: int) -> None:
-        self.act_dim, self.gen = act_dim, torch.Generator().manual_seed(seed)
-
-    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        return (torch.rand(obs.shape[0], self.act_dim, generator=self.gen) * 2 - 1).to(obs.device)
-
-
 def _reference_return(dataset: str) -> float | None:
     """Final evaluation return of the run that collected ``dataset`` (from its manifest's source)."""
     from pwm_bench.datasets import read_manifest
@@ -967,7 +957,7 @@ def train_multitask(env: VecEnv, cfg: PWMConfig, run: Run) -> MultiTaskPolicy:
     from pwm_bench.datasets import MultiTaskDataset
     from pwm_bench.envs.multitask import TaskSetEnv
     from pwm_bench.pretrain import load_world_model
-    from pwm_bench.run import EVAL_SEED_OFFSET, evaluate
+    from pwm_bench.run import EVAL_SEED_OFFSET, UniformRandomPolicy, evaluate
 
     if not isinstance(env, TaskSetEnv):
         raise UsageError("per-task datasets (pwm.datasets) need a task-set env: --env mt:<taskset>")
@@ -1062,7 +1052,7 @@ def train_multitask(env: VecEnv, cfg: PWMConfig, run: Run) -> MultiTaskPolicy:
                 else tasks[k].make(cfg.eval_episodes, device)
             )
             ret, length = evaluate(PWMPolicy(wm, actor, task=k, act_dim=env.act_dims[k]), task_env, seed=eval_seed)
-            rand, _ = evaluate(_UniformPolicy(env.act_dims[k], eval_seed), task_env, seed=eval_seed)
+            rand, _ = evaluate(UniformRandomPolicy(env.act_dims[k], eval_seed), task_env, seed=eval_seed)
             ref = _reference_return(cfg.datasets[k])
             score = normalized_score(ret, rand, ref)
             results.append(

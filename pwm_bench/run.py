@@ -112,6 +112,21 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class UniformRandomPolicy:
+    """Uniform random actions in ``[-1, 1]^act_dim`` from its own seeded generator (a return's floor).
+
+    It ignores ``deterministic``: its actions are random by definition, but the same seed gives the
+    same actions, so its evaluation is reproducible.
+    """
+
+    def __init__(self, act_dim: int, seed: int) -> None:
+        self.act_dim, self.gen = act_dim, torch.Generator().manual_seed(seed)
+
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """``(N, act_dim)`` actions for ``obs`` of shape ``(N, obs_dim)``, on ``obs``'s device."""
+        return (torch.rand(obs.shape[0], self.act_dim, generator=self.gen) * 2 - 1).to(obs.device)
+
+
 @torch.no_grad()
 def evaluate(policy: Policy, env: VecEnv, seed: int, max_steps: int | None = None) -> tuple[float, float]:
     """Run one episode per world of ``env`` with the deterministic policy.
@@ -417,7 +432,11 @@ class Run:
         self.write_summary("running")
 
     def finish(self, policy: Policy) -> None:
-        """End a completed run: final evaluation if none at this step, checkpoint, summary."""
+        """End a completed run: final evaluation if none at this step, checkpoint, summary.
+
+        The summary also gets ``random_eval_return`` / ``random_eval_length``: uniform random actions
+        on the same evaluation worlds and start states, the floor every result is read against.
+        """
         evaluated = False
         if not self._evaluated_now() and self.eval_env is not None:
             row = self.rows[-1] if self.rows else {"env_steps": float(self.env_steps), "wall_time": self.wall_time}
@@ -425,6 +444,11 @@ class Run:
             if not self.rows:
                 self.rows.append(row)
             evaluated = True
+        if self.eval_env is not None:
+            seed = self.seed + EVAL_SEED_OFFSET
+            ret, length = evaluate(UniformRandomPolicy(self.eval_env.act_dim, seed), self.eval_env, seed=seed)
+            self.extra_summary.setdefault("random_eval_return", ret)
+            self.extra_summary.setdefault("random_eval_length", length)
         if evaluated or self._checkpointed_at != self.progress:
             self.checkpoint(self._state_fn)
         self.write_summary("completed")

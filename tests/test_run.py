@@ -135,6 +135,15 @@ def test_run_store_layout(out: Path) -> None:
     assert m["eval/episode_return"].dropna().iloc[-1] == pytest.approx(summary["final_eval_return"])
     table = runs_table(out)
     assert table.loc[0, "status"] == "completed" and table.loc[0, "seed"] == 7
+    # the floor: uniform random actions on the same evaluation worlds, reproducible from the seed
+    from pwm_bench.envs import make_env
+    from pwm_bench.run import EVAL_SEED_OFFSET, UniformRandomPolicy, evaluate
+
+    eval_env = make_env("pointmass", cfg["algo_config"]["eval_episodes"], **cfg["env_config"])
+    seed = 7 + EVAL_SEED_OFFSET
+    expected, length = evaluate(UniformRandomPolicy(eval_env.act_dim, seed), eval_env, seed=seed)
+    assert summary["random_eval_return"] == pytest.approx(expected) and summary["random_eval_length"] == length
+    assert summary["random_eval_return"] < summary["best_eval_return"]
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
