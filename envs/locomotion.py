@@ -32,14 +32,15 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 
 from pwm_bench.envs import robots
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.envs.physics import ArticulatedSim, ContactParams, Robot, quat_rotate
-from pwm_bench.errors import UsageError
+from pwm_bench.errors import UsageError, unknown_choice
 
 if TYPE_CHECKING:
     from pwm_bench.envs.mass import MassModel
@@ -567,6 +568,16 @@ class MuscleHumanoidConfig(WarpEnvConfig):
     """Ground-contact friction coefficient."""
     strength_scale: float = 0.36
     """Peak muscle tension as a fraction of f0 (DiffRL applies its 0.6 twice: 0.36)."""
+    muscle_model: Literal["linear", "hill"] = "linear"
+    """'linear': DiffRL's law, tension = activation · strength. 'hill': the tension is scaled by the
+    active force-length curve and a passive force resists stretch past the optimal fibre length."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.muscle_model not in ("linear", "hill"):
+            raise unknown_choice("env.muscle_model", str(self.muscle_model), ["linear", "hill"])
+        if self.strength_scale < 0:
+            raise UsageError(f"env.strength_scale must be >= 0, got {self.strength_scale}")
 
 
 @dataclasses.dataclass
@@ -645,13 +656,19 @@ class MuscleHumanoidEnv(FloatingBaseEnv):
         return robots.mass_skeleton(self._mass, name=self.name)
 
     def muscle_set(self) -> tuple[Any, float, float]:
-        from pwm_bench.envs.muscles import MuscleSet
+        from pwm_bench.envs.muscles import HillParams, MuscleSet
 
         m = self._mass
-        scale = float(self.cfg.strength_scale)  # type: ignore[attr-defined]
+        cfg: MuscleHumanoidConfig = self.cfg  # type: ignore[assignment]
         muscles = MuscleSet.from_lists(
-            m.muscle_links(), [u.points for u in m.muscles], [scale * u.f0 for u in m.muscles]
+            m.muscle_links(), [u.points for u in m.muscles], [cfg.strength_scale * u.f0 for u in m.muscles]
         )
+        if cfg.muscle_model == "hill":
+            muscles.hill = HillParams(
+                rest_length=m.rest_lengths(),
+                fibre_optimal=np.array([u.lm for u in m.muscles]),
+                tendon_slack=np.array([u.lt for u in m.muscles]),
+            )
         return muscles, 0.5, 0.5
 
     def _observe(self, q: torch.Tensor, qd: torch.Tensor, last_action: torch.Tensor) -> torch.Tensor:

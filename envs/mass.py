@@ -137,6 +137,15 @@ class MassModel:
                 return i
         raise KeyError(name)
 
+    def rest_lengths(self) -> np.ndarray:
+        """``(M,)`` path length of each muscle in the rest pose [m] (all segments, via points included)."""
+        joints = {n.name: n.joint for n in self.nodes}
+        out = []
+        for u in self.muscles:
+            world = np.stack([joints[b].R @ p + joints[b].t for b, p in zip(u.bodies, u.points, strict=True)])
+            out.append(float(np.linalg.norm(np.diff(world, axis=0), axis=1).sum()))
+        return np.asarray(out)
+
     def muscle_links(self) -> list[list[int]]:
         """Per muscle, the node index of each waypoint."""
         index = {n.name: i for i, n in enumerate(self.nodes)}

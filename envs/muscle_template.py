@@ -50,8 +50,10 @@ functional signs: every knee extensor extends the knee, every plantarflexor plan
 ankle, and so on, from the moment arms of the rest pose.
 
 Units are ordered muscle by muscle and strand by strand, right unit then left unit (action ``2k``
-is a right-leg unit, ``2k + 1`` its mirror image). The Hill parameters of :class:`MassMuscle`
-(``lm``, ``lt``, ``pen_angle``, ``lmax``) are 0: the linear dflex law does not use them.
+is a right-leg unit, ``2k + 1`` its mirror image). For the optional Hill-type law
+(``env.muscle_model=hill``) every unit's tendon takes 20 % of its rest path and its fibres the other
+80 %, which is their optimal length (``lm = 0.8``, ``lt = 0.2`` as fractions of the rest path, the
+MASS convention); ``pen_angle`` and ``lmax`` are 0 and unused.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ _BODIES: dict[str, tuple[float, tuple[float, float, float]]] = {
     "FootThumb": (0.2, (0.0407, 0.0262, 0.0563)),
     "FootPinky": (0.2, (0.0422, 0.0238, 0.0529)),
 }
+
+FIBRE_OPTIMAL = 0.8
+"""Optimal fibre length of every unit as a fraction of its rest path length (Hill law only)."""
+TENDON_SLACK = 0.2
+"""Tendon length of every unit as a fraction of its rest path length (Hill law only): the rest
+pose puts every fibre at its optimal length."""
 
 PELVIS_HEIGHT = 0.955
 """Rest height of the pelvis centre (the root joint) [m]."""
@@ -590,8 +598,8 @@ def template_units() -> list[MassMuscle]:
                     MassMuscle(
                         name=f"{side}_{name}" + (f"_{k + 1}" if strands > 1 else ""),
                         f0=f0 / strands,
-                        lm=0.0,
-                        lt=0.0,
+                        lm=FIBRE_OPTIMAL,
+                        lt=TENDON_SLACK,
                         pen_angle=0.0,
                         lmax=0.0,
                         bodies=tuple(bodies),

@@ -69,6 +69,100 @@ def _kernel() -> Any:
     return muscle_forces
 
 
+MAX_SEGMENTS = 8
+"""Most segments (waypoints - 1) of one muscle under the Hill law (its length loop is unrolled)."""
+
+HILL_GAMMA = 0.45
+"""Width of the active force-length Gaussian ``exp(-(x - 1)^2 / γ)`` (Thelen 2003)."""
+HILL_KPE = 4.0
+"""Shape of the passive force-length exponential (Thelen 2003)."""
+HILL_STRAIN = 0.6
+"""Passive fibre strain at which the passive force equals the peak force (Thelen 2003)."""
+
+
+def _hill_kernel() -> Any:
+    if "hill" in _KERNEL:
+        return _KERNEL["hill"]
+    wp = _warp()
+    max_seg = wp.constant(MAX_SEGMENTS)
+    gamma, kpe, strain = wp.constant(HILL_GAMMA), wp.constant(HILL_KPE), wp.constant(HILL_STRAIN)
+
+    @wp.kernel
+    def hill_muscle_forces(
+        body_q: wp.array(dtype=wp.transform),
+        body_com: wp.array(dtype=wp.vec3),
+        act: wp.array2d(dtype=float),
+        strength: wp.array(dtype=float),
+        act_gain: float,
+        act_bias: float,
+        muscle_start: wp.array(dtype=wp.int32),
+        point_body: wp.array(dtype=wp.int32),
+        point_local: wp.array(dtype=wp.vec3),
+        rest_length: wp.array(dtype=float),
+        fibre_optimal: wp.array(dtype=float),
+        tendon_slack: wp.array(dtype=float),
+        bodies_per_world: int,
+        body_f: wp.array(dtype=wp.spatial_vector),
+    ):
+        world, m = wp.tid()
+        base = world * bodies_per_world
+        first = muscle_start[m]
+        last = muscle_start[m + 1] - 1
+        # path length over all segments, including those within one body (unrolled: differentiable)
+        length = wp.float32(0.0)
+        for k in range(max_seg):
+            w = first + k
+            if w < last:
+                p0 = wp.transform_point(body_q[base + point_body[w]], point_local[w])
+                p1 = wp.transform_point(body_q[base + point_body[w + 1]], point_local[w + 1])
+                length = length + wp.length(p1 - p0)
+        x = (length / rest_length[m] - tendon_slack[m]) / fibre_optimal[m]  # fibre length / optimal
+        active = wp.exp(-(x - 1.0) * (x - 1.0) / gamma)
+        passive = wp.float32(0.0)
+        if x > 1.0:
+            passive = (wp.exp(kpe * (x - 1.0) / strain) - 1.0) / (wp.exp(kpe) - 1.0)
+        a = strength[m] * ((act_gain * act[world, m] + act_bias) * active + passive)
+        for w in range(first, last):
+            b0 = point_body[w]
+            b1 = point_body[w + 1]
+            if b0 == b1:
+                continue
+            i = base + b0
+            j = base + b1
+            X0 = body_q[i]
+            X1 = body_q[j]
+            p0 = wp.transform_point(X0, point_local[w])
+            p1 = wp.transform_point(X1, point_local[w + 1])
+            f = a * wp.normalize(p1 - p0)
+            r0 = p0 - wp.transform_point(X0, body_com[i])
+            r1 = p1 - wp.transform_point(X1, body_com[j])
+            wp.atomic_add(body_f, i, wp.spatial_vector(f, wp.cross(r0, f)))
+            wp.atomic_add(body_f, j, wp.spatial_vector(-f, wp.cross(r1, -f)))
+
+    _KERNEL["hill"] = hill_muscle_forces
+    return hill_muscle_forces
+
+
+@dataclasses.dataclass
+class HillParams:
+    """Per-muscle parameters of the Hill-type force-length law (rigid tendon, no force-velocity term).
+
+    With path length ``L`` [m], the normalised fibre length is ``x = (L / rest_length - tendon_slack)
+    / fibre_optimal`` and the tension ``strength · (activation · exp(-(x-1)²/0.45) + f_pe(x))``, where
+    ``f_pe(x) = (exp(4 (x-1)/0.6) - 1) / (exp(4) - 1)`` for ``x > 1`` and 0 below (Thelen 2003 curves;
+    MASS uses the same form). Lengths other than ``rest_length`` are fractions of it, as in MASS.
+
+    Attributes:
+        rest_length: ``(M,)`` path length in the rest pose [m].
+        fibre_optimal: ``(M,)`` optimal fibre length / rest length (MASS ``lm``).
+        tendon_slack: ``(M,)`` tendon length / rest length (MASS ``lt``).
+    """
+
+    rest_length: np.ndarray
+    fibre_optimal: np.ndarray
+    tendon_slack: np.ndarray
+
+
 @dataclasses.dataclass
 class MuscleSet:
     """Muscles of one world: waypoints as ``(body index, point in that body's frame [m])``.
@@ -78,12 +172,14 @@ class MuscleSet:
         body: ``(W,)`` int32 body index (within a world) of each waypoint.
         local: ``(W, 3)`` float32 waypoint in its body frame.
         strength: ``(M,)`` float32 tension [N] at full activation.
+        hill: force-length parameters; None for the linear dflex law (tension = activation).
     """
 
     start: np.ndarray
     body: np.ndarray
     local: np.ndarray
     strength: np.ndarray
+    hill: HillParams | None = None
 
     @classmethod
     def from_lists(
@@ -134,6 +230,18 @@ class MuscleForces:
         self._body = wp.array(muscles.body, dtype=wp.int32, device=device)
         self._local = wp.array(muscles.local, dtype=wp.vec3, device=device)
         self._strength = wp.array(muscles.strength, dtype=float, device=device)
+        self._hill: list[Any] = []
+        if muscles.hill is not None:
+            h = muscles.hill
+            longest = int(np.diff(muscles.start).max()) - 1
+            if longest > MAX_SEGMENTS:
+                raise ValueError(f"the Hill law supports muscles of at most {MAX_SEGMENTS} segments, got {longest}")
+            if (h.rest_length <= 0).any() or (h.fibre_optimal <= 0).any():
+                raise ValueError("Hill muscles need positive rest lengths and optimal fibre lengths")
+            self._hill = [
+                wp.array(np.asarray(v, dtype=np.float32), dtype=float, device=device)
+                for v in (h.rest_length, h.fibre_optimal, h.tendon_slack)
+            ]
 
     def launch(self, body_q: Any, body_com: Any, act: Any, body_f: Any) -> None:
         """Add the muscle wrenches for activations ``act`` ``(num_worlds, M)`` to ``body_f`` (accumulates)."""
@@ -141,7 +249,7 @@ class MuscleForces:
         if self.muscles.count == 0:
             return
         wp.launch(
-            _kernel(),
+            _hill_kernel() if self._hill else _kernel(),
             dim=(self.num_worlds, self.muscles.count),
             inputs=[
                 body_q,
@@ -153,6 +261,7 @@ class MuscleForces:
                 self._start,
                 self._body,
                 self._local,
+                *self._hill,
                 self.bodies_per_world,
             ],
             outputs=[body_f],
@@ -160,4 +269,4 @@ class MuscleForces:
         )
 
 
-__all__ = ["MuscleForces", "MuscleSet"]
+__all__ = ["HillParams", "MuscleForces", "MuscleSet"]

@@ -98,7 +98,7 @@ def test_template_has_152_units_76_per_leg_mirrored() -> None:
         assert np.allclose(pr * [-1, 1, 1], pl) and r.f0 == left.f0
     f0 = np.array([u.f0 for u in m.muscles])
     assert f0.sum() == pytest.approx(2 * sum(f for _, f, _, _ in MUSCLES)) and f0.min() > 0
-    assert 2 <= min(len(u.bodies) for u in m.muscles) and max(len(u.bodies) for u in m.muscles) == 7
+    assert min(len(u.bodies) for u in m.muscles) >= 2 and max(len(u.bodies) for u in m.muscles) == 7
     counts = span_counts(m)
     assert counts[("Pelvis", "Femur")] == 48 and counts[("Pelvis", "Femur", "Tibia")] == 18
     assert counts[("Femur", "Tibia", "Talus")] == 10 and counts[("Tibia", "Talus")] == 24
@@ -221,3 +221,27 @@ def test_muscle_humanoid_counts_in_collections() -> None:
     m = template_model()
     per_side = collections.Counter(u.name[0] for u in m.muscles)
     assert per_side == {"R": 76, "L": 76}
+
+
+def test_hill_muscle_model_has_checked_gradients_and_bad_choices_are_one_line_errors(tmp_path: Path) -> None:
+    from pwm_bench.envs import make_env
+    from pwm_bench.errors import UsageError
+    from pwm_bench.testing import env_gradient_check
+
+    from .conftest import cli
+
+    env = make_env("muscle_humanoid", 2, differentiable=True, muscle_model="hill")
+    rest = env.model.rest_lengths()
+    assert rest.shape == (152,) and rest.min() > 0.03 and rest.max() < 0.7  # metres of muscle path
+    env.reset(seed=0)
+    for _ in range(10):
+        env.step(torch.zeros(2, 152))
+    env.detach()
+    one = env_gradient_check(env, steps=1, wrt="actions", eps=1e-2, n_directions=4)
+    assert one.rel_error <= 0.02 and one.cosine >= 0.9999, one  # measured 0.18 %, 0.999999
+    with pytest.raises(UsageError, match="linear"):
+        make_env("muscle_humanoid", 1, muscle_model="hil")
+    res = cli(
+        "run", "--algo", "shac", "--env", "muscle_humanoid", "--set", "env.muscle_model=hil", "--out", str(tmp_path)
+    )
+    assert res.returncode == 2 and "hill" in res.stderr and "Traceback" not in res.stderr

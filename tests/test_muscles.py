@@ -130,3 +130,105 @@ def test_muscle_set_validates() -> None:
         MuscleSet.from_lists([[0, 1]], [np.zeros((2, 3))], [1.0, 2.0])
     s = MuscleSet.from_lists(BODIES, POINTS, [3.0, 4.0])
     assert s.start.tolist() == [0, 3, 6] and s.count == 2
+
+
+# -- the optional Hill-type force-length law ---------------------------------------------------------
+
+
+def _path_lengths(poses: np.ndarray) -> np.ndarray:
+    """``(2, 2)`` path length of each muscle in each world (all segments, same-body ones included)."""
+    out = np.zeros((2, 2))
+    for world in range(2):
+        for m, (bodies, pts) in enumerate(zip(BODIES, POINTS, strict=True)):
+            w = [
+                poses[world * 3 + b, :3] + _rotate(poses[world * 3 + b, 3:], p)
+                for b, p in zip(bodies, pts, strict=True)
+            ]
+            out[world, m] = sum(np.linalg.norm(w[k + 1] - w[k]) for k in range(len(w) - 1))
+    return out
+
+
+def _hill_tension(poses: np.ndarray, act: np.ndarray, rest: np.ndarray, lm: np.ndarray, lt: np.ndarray) -> np.ndarray:
+    x = (_path_lengths(poses) / rest - lt) / lm
+    active = np.exp(-((x - 1.0) ** 2) / 0.45)
+    passive = np.where(x > 1.0, (np.exp(4.0 * (x - 1.0) / 0.6) - 1.0) / (np.exp(4.0) - 1.0), 0.0)
+    return 2.0 * (0.5 * act * active + passive)  # strength 2, gain 0.5
+
+
+def _run_hill(poses: np.ndarray, act: np.ndarray, hill, weights: np.ndarray | None = None):
+    import warp as wp
+
+    muscles = MuscleSet.from_lists(BODIES, POINTS, [2.0, 2.0])
+    muscles.hill = hill
+    forces = MuscleForces(muscles, num_worlds=2, bodies_per_world=3, device="cpu", act_gain=0.5)
+    body_q = wp.array(poses, dtype=wp.transform, device="cpu", requires_grad=True)
+    com = wp.array(np.tile(COM, (2, 1)), dtype=wp.vec3, device="cpu")
+    a = wp.array(act.astype(np.float32), dtype=float, device="cpu", requires_grad=True)
+    body_f = wp.zeros(6, dtype=wp.spatial_vector, device="cpu", requires_grad=True)
+    tape = wp.Tape()
+    with tape:
+        forces.launch(body_q, com, a, body_f)
+    out = body_f.numpy().copy()
+    if weights is None:
+        return out, None
+    body_f.grad = wp.array(weights.astype(np.float32), dtype=wp.spatial_vector, device="cpu")
+    tape.backward()
+    return out, (body_q.grad.numpy().copy(), a.grad.numpy().copy())
+
+
+def test_hill_law_scales_tension_by_force_length_and_adds_passive_force() -> None:
+    from pwm_bench.envs.muscles import HillParams
+
+    poses = _poses(3)
+    length = _path_lengths(poses)[0]
+    # muscle 0 at its optimal length (active factor 1), muscle 1 stretched to 1.2 optimal fibre lengths
+    rest = np.array([length[0] / 1.0, length[1] / 1.16])
+    hill = HillParams(rest_length=rest, fibre_optimal=np.array([0.8, 0.8]), tendon_slack=np.array([0.2, 0.2]))
+    act = np.array([[300.0, 0.0], [0.0, 50.0]])
+    out, _ = _run_hill(poses, act, hill)
+    tension = _hill_tension(poses, act, rest, hill.fibre_optimal, hill.tendon_slack)
+    assert np.allclose(out, _reference(poses, tension), rtol=1e-4, atol=1e-3)
+    assert tension[0, 0] == pytest.approx(300.0, rel=1e-4)  # optimal length: the linear law's tension
+    assert tension[0, 1] > 0.0  # no activation, stretched: passive tension
+    # world 1, muscle 0: unstretched and inactive, so body 0 → 1 carries nothing from it
+    assert tension[1, 0] == 0.0
+
+
+def test_hill_law_gradients_match_finite_differences() -> None:
+    from pwm_bench.envs.muscles import HillParams
+
+    rng = np.random.default_rng(4)
+    poses = _poses(5)
+    length = _path_lengths(poses)[0]
+    rest = np.array([length[0] / 1.1, length[1] / 1.05])  # both past optimal: active and passive parts
+    hill = HillParams(rest_length=rest, fibre_optimal=np.array([0.8, 1.0]), tendon_slack=np.array([0.2, 0.1]))
+    act = np.array([[120.0, 40.0], [80.0, 200.0]])
+    weights = rng.normal(size=(6, 6))
+    _, (g_q, g_a) = _run_hill(poses, act, hill, weights)
+
+    def scalar(p: np.ndarray, a: np.ndarray) -> float:
+        p = p.astype(np.float64)
+        return float((_reference(p, _hill_tension(p, a, rest, hill.fibre_optimal, hill.tendon_slack)) * weights).sum())
+
+    eps = 1e-3
+    for world in range(2):
+        for m in range(2):
+            da = np.zeros_like(act)
+            da[world, m] = eps
+            fd = (scalar(poses, act + da) - scalar(poses, act - da)) / (2 * eps)
+            assert g_a[world, m] == pytest.approx(fd, rel=1e-3, abs=1e-3)
+    for b in range(6):
+        for c in range(3):
+            dp = np.zeros_like(poses, dtype=np.float64)
+            dp[b, c] = eps
+            fd = (scalar(poses + dp, act) - scalar(poses - dp, act)) / (2 * eps)
+            assert g_q[b][c] == pytest.approx(fd, rel=2e-2, abs=2e-2)
+
+
+def test_hill_law_rejects_bad_parameters() -> None:
+    from pwm_bench.envs.muscles import HillParams
+
+    muscles = MuscleSet.from_lists(BODIES, POINTS, [2.0, 2.0])
+    muscles.hill = HillParams(np.array([0.0, 1.0]), np.array([1.0, 1.0]), np.array([0.0, 0.0]))
+    with pytest.raises(ValueError, match="positive rest lengths"):
+        MuscleForces(muscles, num_worlds=1, bodies_per_world=3, device="cpu")
