@@ -26,7 +26,7 @@ from pwm_bench.envs import make_env
 DEVICE = os.environ.get("PWM_BENCH_DEVICE", "cpu")
 NUM_ENVS = int(os.environ.get("PWM_BENCH_NUM_ENVS", "256"))
 WINDOW = 8
-ENVS = ["hopper", "ant", "humanoid", "double_pendulum"]
+ENVS = ["hopper", "ant", "humanoid", "muscle_humanoid", "double_pendulum"]
 
 _forward_sps: dict[str, float] = {}
 

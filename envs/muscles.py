@@ -9,6 +9,11 @@ consecutive waypoints on **different** bodies, with world points ``p0`` (body ``
 same body carry no force (via points act as frictionless pulleys). Every pair's two forces are
 equal and opposite, so muscles change no total momentum.
 
+Optionally (:class:`HillParams`, an upgrade that DiffRL does not have) the tension follows a
+Hill-type force-length law: the activation is scaled by the active force-length curve of the
+normalised fibre length, computed from the muscle's path length with a rigid tendon, and a passive
+force resists stretching the fibres past their optimal length. There is no force-velocity term.
+
 Wrenches are written in the convention of the contact kernel in :mod:`pwm_bench.envs.physics`
 (Newton's ``body_f``): ``(force, torque about the body's centre of mass)``, world axes.
 """
@@ -26,10 +31,50 @@ from pwm_bench.envs.physics import _warp
 _KERNEL: dict[str, Any] = {}
 
 
+def _pull() -> Any:
+    """``pull_segments``: the Warp function that applies one muscle's tension to its segments."""
+    if "pull" in _KERNEL:
+        return _KERNEL["pull"]
+    wp = _warp()
+
+    @wp.func
+    def pull_segments(
+        body_q: wp.array(dtype=wp.transform),
+        body_com: wp.array(dtype=wp.vec3),
+        tension: float,
+        first: int,
+        last: int,
+        point_body: wp.array(dtype=wp.int32),
+        point_local: wp.array(dtype=wp.vec3),
+        base: int,
+        body_f: wp.array(dtype=wp.spatial_vector),
+    ):
+        for w in range(first, last):
+            b0 = point_body[w]
+            b1 = point_body[w + 1]
+            if b0 == b1:
+                continue
+            i = base + b0
+            j = base + b1
+            X0 = body_q[i]
+            X1 = body_q[j]
+            p0 = wp.transform_point(X0, point_local[w])
+            p1 = wp.transform_point(X1, point_local[w + 1])
+            f = tension * wp.normalize(p1 - p0)
+            r0 = p0 - wp.transform_point(X0, body_com[i])
+            r1 = p1 - wp.transform_point(X1, body_com[j])
+            wp.atomic_add(body_f, i, wp.spatial_vector(f, wp.cross(r0, f)))
+            wp.atomic_add(body_f, j, wp.spatial_vector(-f, wp.cross(r1, -f)))
+
+    _KERNEL["pull"] = pull_segments
+    return pull_segments
+
+
 def _kernel() -> Any:
     if "muscle" in _KERNEL:
         return _KERNEL["muscle"]
     wp = _warp()
+    pull_segments = _pull()
 
     @wp.kernel
     def muscle_forces(
@@ -48,22 +93,9 @@ def _kernel() -> Any:
         world, m = wp.tid()
         a = strength[m] * (act_gain * act[world, m] + act_bias)
         base = world * bodies_per_world
-        for w in range(muscle_start[m], muscle_start[m + 1] - 1):
-            b0 = point_body[w]
-            b1 = point_body[w + 1]
-            if b0 == b1:
-                continue
-            i = base + b0
-            j = base + b1
-            X0 = body_q[i]
-            X1 = body_q[j]
-            p0 = wp.transform_point(X0, point_local[w])
-            p1 = wp.transform_point(X1, point_local[w + 1])
-            f = a * wp.normalize(p1 - p0)
-            r0 = p0 - wp.transform_point(X0, body_com[i])
-            r1 = p1 - wp.transform_point(X1, body_com[j])
-            wp.atomic_add(body_f, i, wp.spatial_vector(f, wp.cross(r0, f)))
-            wp.atomic_add(body_f, j, wp.spatial_vector(-f, wp.cross(r1, -f)))
+        pull_segments(
+            body_q, body_com, a, muscle_start[m], muscle_start[m + 1] - 1, point_body, point_local, base, body_f
+        )
 
     _KERNEL["muscle"] = muscle_forces
     return muscle_forces
@@ -86,6 +118,7 @@ def _hill_kernel() -> Any:
     wp = _warp()
     max_seg = wp.constant(MAX_SEGMENTS)
     gamma, kpe, strain = wp.constant(HILL_GAMMA), wp.constant(HILL_KPE), wp.constant(HILL_STRAIN)
+    pull_segments = _pull()
 
     @wp.kernel
     def hill_muscle_forces(
@@ -122,22 +155,7 @@ def _hill_kernel() -> Any:
         if x > 1.0:
             passive = (wp.exp(kpe * (x - 1.0) / strain) - 1.0) / (wp.exp(kpe) - 1.0)
         a = strength[m] * ((act_gain * act[world, m] + act_bias) * active + passive)
-        for w in range(first, last):
-            b0 = point_body[w]
-            b1 = point_body[w + 1]
-            if b0 == b1:
-                continue
-            i = base + b0
-            j = base + b1
-            X0 = body_q[i]
-            X1 = body_q[j]
-            p0 = wp.transform_point(X0, point_local[w])
-            p1 = wp.transform_point(X1, point_local[w + 1])
-            f = a * wp.normalize(p1 - p0)
-            r0 = p0 - wp.transform_point(X0, body_com[i])
-            r1 = p1 - wp.transform_point(X1, body_com[j])
-            wp.atomic_add(body_f, i, wp.spatial_vector(f, wp.cross(r0, f)))
-            wp.atomic_add(body_f, j, wp.spatial_vector(-f, wp.cross(r1, -f)))
+        pull_segments(body_q, body_com, a, first, last, point_body, point_local, base, body_f)
 
     _KERNEL["hill"] = hill_muscle_forces
     return hill_muscle_forces

@@ -35,10 +35,11 @@ Units are SI (m, kg, s, N, N·m, rad). Warp arrays are float32.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -577,6 +578,7 @@ class ArticulatedSim:
         self._point_radius = wp.array(self.built.contact_radius, dtype=float, device=dev)
         self._act_dofs = wp.array(self.built.act_dofs.astype(np.int32), dtype=wp.int32, device=dev)
         self._muscles = None
+        self._muscles_on = True
         if muscles is not None:
             from pwm_bench.envs.muscles import MuscleForces
 
@@ -659,7 +661,7 @@ class ArticulatedSim:
     def _launch_internal(self, body_q: Any, body_qd: Any, body_f: Any, act: Any) -> None:
         """Muscle wrenches (actions as activations) and passive ball-joint torques into ``body_f``."""
         wp = _warp()
-        if self._muscles is not None:
+        if self._muscles is not None and self._muscles_on:
             self._muscles.launch(body_q, self.model.body_com, act, body_f)
         if self._balls:
             wp.launch(
@@ -796,6 +798,21 @@ class ArticulatedSim:
         if ext is None:
             return
         tape.record_func(backward=lambda: wp.copy(ext, s_in.body_f), arrays=[])
+
+    @property
+    def has_muscles(self) -> bool:
+        """Whether actions drive muscles (a :class:`~pwm_bench.envs.muscles.MuscleSet`)."""
+        return self._muscles is not None
+
+    @contextlib.contextmanager
+    def muscles_disabled(self) -> Iterator[None]:
+        """Within the block, control steps apply no muscle forces (for profiling the muscle kernel's cost)."""
+        graph, self._graph = self._graph, None
+        self._muscles_on = False
+        try:
+            yield
+        finally:
+            self._muscles_on, self._graph = True, graph
 
     def step(self, q: torch.Tensor, qd: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One control step; differentiable (through :class:`StepFunction`) when an input requires grad."""

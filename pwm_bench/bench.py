@@ -26,6 +26,8 @@ class EnvBenchResult:
         forward_backward_sps: control steps per second of forward + backward over a window, or
             ``None`` when not measured.
         window: control steps per differentiable window.
+        muscle_share: for muscle-driven envs, the fraction of a forward control step spent on muscle
+            forces (time with minus time without, over time with, measured back to back); else None.
     """
 
     env: str
@@ -34,6 +36,7 @@ class EnvBenchResult:
     forward_sps: float
     forward_backward_sps: float | None
     window: int
+    muscle_share: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,6 +91,10 @@ def bench_env(
             env.step(actions())
         _sync(dev)
         fwd = num_envs * steps / (time.perf_counter() - t0)
+    share = None
+    sim = getattr(env, "sim", None)
+    if sim is not None and getattr(sim, "has_muscles", False):
+        share = _muscle_share(env, sim, actions, max(3, steps // 5))
     fb = None
     if differentiable:
         windows = max(1, steps // window)
@@ -109,4 +116,28 @@ def bench_env(
         _sync(dev)
         fb = num_envs * window * windows / (time.perf_counter() - t0)
     env.close()
-    return EnvBenchResult(name, num_envs, str(dev), fwd, fb, window)
+    return EnvBenchResult(name, num_envs, str(dev), fwd, fb, window, share)
+
+
+def _muscle_share(env: Any, sim: Any, actions: Any, steps: int) -> float:
+    """Fraction of a forward control step spent on muscles: best-of-3 timings with and without them."""
+    q, qd = env.q.detach(), env.qd.detach()
+    act = actions()
+
+    def best() -> float:
+        times = []
+        for _ in range(3):
+            _sync(env.device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                sim.forward(q, qd, act)
+            _sync(env.device)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.no_grad():
+        with_muscles = best()
+        with sim.muscles_disabled():
+            sim.forward(q, qd, act)  # CUDA: a graph without the muscle launch
+            without = best()
+    return max(0.0, (with_muscles - without) / with_muscles)

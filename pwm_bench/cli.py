@@ -649,6 +649,8 @@ def bench_env_cmd(
     if result.forward_backward_sps is not None:
         ratio = result.forward_backward_sps / result.forward_sps
         line += f"; forward+backward {result.forward_backward_sps:,.0f} steps/s ({ratio:.2f} of forward)"
+    if result.muscle_share is not None:
+        line += f"; muscle forces {100 * result.muscle_share:.0f} % of a forward step"
     typer.echo(line)
 
 

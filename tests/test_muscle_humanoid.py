@@ -245,3 +245,12 @@ def test_hill_muscle_model_has_checked_gradients_and_bad_choices_are_one_line_er
         "run", "--algo", "shac", "--env", "muscle_humanoid", "--set", "env.muscle_model=hil", "--out", str(tmp_path)
     )
     assert res.returncode == 2 and "hill" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bench_env_reports_the_muscle_share_of_a_step() -> None:
+    from pwm_bench.bench import bench_env
+
+    r = bench_env("muscle_humanoid", 2, steps=5, differentiable=True, window=2)
+    assert r.forward_sps > 0 and r.forward_backward_sps is not None and r.forward_backward_sps > 0
+    assert r.muscle_share is not None and 0.0 <= r.muscle_share < 1.0
+    assert bench_env("double_pendulum", 2, steps=5).muscle_share is None
