@@ -143,12 +143,13 @@ def _hill_kernel() -> Any:
         last = muscle_start[m + 1] - 1
         # path length over all segments, including those within one body (unrolled: differentiable)
         length = wp.float32(0.0)
+        p0 = wp.transform_point(body_q[base + point_body[first]], point_local[first])
         for k in range(max_seg):
             w = first + k
             if w < last:
-                p0 = wp.transform_point(body_q[base + point_body[w]], point_local[w])
                 p1 = wp.transform_point(body_q[base + point_body[w + 1]], point_local[w + 1])
                 length = length + wp.length(p1 - p0)
+                p0 = p1
         x = (length / rest_length[m] - tendon_slack[m]) / fibre_optimal[m]  # fibre length / optimal
         active = wp.exp(-(x - 1.0) * (x - 1.0) / gamma)
         passive = wp.float32(0.0)
