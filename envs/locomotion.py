@@ -1,8 +1,11 @@
-"""The DiffRL rigid-body environments on Warp/Newton: hopper, ant, humanoid and double_pendulum.
+"""The DiffRL rigid-body environments on Warp/Newton: hopper, ant, humanoid, double_pendulum and the
+muscle-driven lower bodies (snu_humanoid from the MASS files, muscle_humanoid from the project's own
+muscle layout).
 
 Each env simulates ``num_envs`` worlds of one robot with :class:`~pwm_bench.envs.physics.ArticulatedSim`
 (dflex joint forces and ground contact on Newton's Featherstone solver) and computes observations,
-rewards and terminations in torch, following DiffRL's ``HopperEnv``, ``AntEnv`` and ``HumanoidEnv``.
+rewards and terminations in torch, following DiffRL's ``HopperEnv``, ``AntEnv``, ``HumanoidEnv`` and
+``SNUHumanoidEnv``.
 
 Conventions that differ from DiffRL on purpose:
 
