@@ -220,3 +220,13 @@ def test_snu_humanoid_without_files_says_where_they_come_from(monkeypatch: pytes
         make_env("snu_humanoid", 1, mass_dir=str(tmp_path))
     res = cli("run", "--algo", "shac", "--env", "snu_humanoid", "--preset", "smoke", "--out", str(tmp_path / "r"))
     assert res.returncode == 2 and "PWM_BENCH_MASS_DIR" in res.stderr and "Traceback" not in res.stderr
+
+
+@needs_assets
+def test_snu_humanoid_hill_law_takes_lm_and_lt_from_the_files() -> None:
+    from pwm_bench.envs import make_env
+
+    env = make_env("snu_humanoid", 1, mass_dir=str(MASS_DIR), muscle_model="hill")
+    hill = env.sim._muscles.muscles.hill
+    assert set(np.round(hill.fibre_optimal, 6)) == {1.0, 1.2} and set(np.round(hill.tendon_slack, 6)) == {0.2}
+    assert np.allclose(hill.rest_length, env.model.rest_lengths()) and hill.rest_length.min() > 0.03
