@@ -119,25 +119,28 @@ def bench_env(
     return EnvBenchResult(name, num_envs, str(dev), fwd, fb, window, share)
 
 
-def _muscle_share(env: Any, sim: Any, actions: Any, steps: int) -> float:
-    """Fraction of a forward control step spent on muscles: best-of-3 timings with and without them."""
+def _muscle_share(env: Any, sim: Any, actions: Any, steps: int, rounds: int = 5) -> float:
+    """Fraction of a forward control step spent on muscles.
+
+    Timings with and without muscle forces alternate for ``rounds`` rounds (so drifts in machine
+    load hit both alike) and the fastest of each is kept: ``1 - t_without / t_with``.
+    """
     q, qd = env.q.detach(), env.qd.detach()
     act = actions()
 
-    def best() -> float:
-        times = []
-        for _ in range(3):
-            _sync(env.device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                sim.forward(q, qd, act)
-            _sync(env.device)
-            times.append(time.perf_counter() - t0)
-        return min(times)
+    def timed() -> float:
+        _sync(env.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            sim.forward(q, qd, act)
+        _sync(env.device)
+        return time.perf_counter() - t0
 
+    with_muscles, without = [], []
     with torch.no_grad():
-        with_muscles = best()
-        with sim.muscles_disabled():
-            sim.forward(q, qd, act)  # CUDA: a graph without the muscle launch
-            without = best()
-    return max(0.0, (with_muscles - without) / with_muscles)
+        for _ in range(rounds):
+            with_muscles.append(timed())
+            with sim.muscles_disabled():
+                sim.forward(q, qd, act)  # untimed: on CUDA this captures a graph without muscles
+                without.append(timed())
+    return max(0.0, 1.0 - min(without) / min(with_muscles))
