@@ -168,43 +168,7 @@ def test_public_skeleton_builds_the_29_q_24_qd_articulation_standing_on_its_feet
     assert float(sim.contact_distances(q).min()) > -0.05
 
 
-@needs_assets
-def test_snu_humanoid_env_observes_53_acts_152_and_has_checked_gradients() -> None:
-    import torch
-
-    from pwm_bench.envs import make_env
-    from pwm_bench.testing import env_gradient_check
-
-    env = make_env("snu_humanoid", 3, mass_dir=str(MASS_DIR), differentiable=True)
-    obs, _ = env.reset(seed=0)
-    assert (env.obs_dim, env.act_dim) == (53, 152) and obs.shape == (3, 53)
-    assert (obs[:, 51] > 0.99).all() and (obs[:, 52] > 0.99).all()  # upright, facing +x
-    assert ((obs[:, 0] > 0.85) & (obs[:, 0] < 1.1)).all()
-    a = torch.rand(3, 152) * 2 - 1
-    expected = obs[:, 5] + 0.1 * obs[:, 51] + obs[:, 52] - 0.001 * (0.5 * a + 0.5).sum(-1)
-    assert torch.allclose(env._reward(obs, a), expected)
-    for _ in range(10):
-        env.step(torch.zeros(3, 152))
-    env.detach()
-    one = env_gradient_check(env, steps=1, wrt="actions", eps=1e-2, n_directions=6)
-    assert one.rel_error <= 0.02 and one.cosine >= 0.9999, one  # measured 0.6 %, 0.99998
-    four = env_gradient_check(env, steps=4, wrt="actions", eps=1e-2, n_directions=4)
-    assert four.cosine >= 0.999, four  # measured 0.9998
-
-
-@needs_assets
-def test_snu_humanoid_without_muscle_tension_falls_and_terminates() -> None:
-    import torch
-
-    from pwm_bench.envs import make_env
-
-    env = make_env("snu_humanoid", 2, mass_dir=str(MASS_DIR))
-    env.reset(seed=0)
-    ended = torch.zeros(2, dtype=torch.bool)
-    for _ in range(120):
-        _, _, terminated, _, _ = env.step(-torch.ones(2, 152))  # activation 0: no tension
-        ended |= terminated
-    assert ended.all()
+# the SNU humanoid's task, gradients and fall without tension: tests/test_muscle_humanoid.py (parametrized)
 
 
 def test_snu_humanoid_without_files_says_where_they_come_from(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
