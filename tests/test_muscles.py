@@ -107,19 +107,23 @@ def test_gradients_match_finite_differences() -> None:
     def scalar(p: np.ndarray, t: np.ndarray) -> float:
         return float((_reference(p.astype(np.float64), t) * weights).sum())
 
-    eps = 1e-3
+    _check_against_finite_differences(scalar, poses, tension, g_q, g_t)
+
+
+def _check_against_finite_differences(scalar, poses: np.ndarray, act: np.ndarray, g_q, g_a, eps: float = 1e-3) -> None:
+    """Central differences of ``scalar(poses, act)`` against the kernel's gradients, entry by entry."""
     for world in range(2):
         for m in range(2):
-            dt = np.zeros_like(tension)
-            dt[world, m] = eps
-            fd = (scalar(poses, tension + dt) - scalar(poses, tension - dt)) / (2 * eps)
-            assert g_t[world, m] == pytest.approx(fd, rel=1e-3, abs=1e-3)
+            da = np.zeros_like(act)
+            da[world, m] = eps
+            fd = (scalar(poses, act + da) - scalar(poses, act - da)) / (2 * eps)
+            assert g_a[world, m] == pytest.approx(fd, rel=1e-3, abs=1e-3)
     # positions of every body (quaternion gradients need a projection; positions suffice for the law)
     for b in range(6):
         for c in range(3):
             dp = np.zeros_like(poses, dtype=np.float64)
             dp[b, c] = eps
-            fd = (scalar(poses + dp, tension) - scalar(poses - dp, tension)) / (2 * eps)
+            fd = (scalar(poses + dp, act) - scalar(poses - dp, act)) / (2 * eps)
             assert g_q[b][c] == pytest.approx(fd, rel=2e-2, abs=2e-2)
 
 
@@ -210,19 +214,7 @@ def test_hill_law_gradients_match_finite_differences() -> None:
         p = p.astype(np.float64)
         return float((_reference(p, _hill_tension(p, a, rest, hill.fibre_optimal, hill.tendon_slack)) * weights).sum())
 
-    eps = 1e-3
-    for world in range(2):
-        for m in range(2):
-            da = np.zeros_like(act)
-            da[world, m] = eps
-            fd = (scalar(poses, act + da) - scalar(poses, act - da)) / (2 * eps)
-            assert g_a[world, m] == pytest.approx(fd, rel=1e-3, abs=1e-3)
-    for b in range(6):
-        for c in range(3):
-            dp = np.zeros_like(poses, dtype=np.float64)
-            dp[b, c] = eps
-            fd = (scalar(poses + dp, act) - scalar(poses - dp, act)) / (2 * eps)
-            assert g_q[b][c] == pytest.approx(fd, rel=2e-2, abs=2e-2)
+    _check_against_finite_differences(scalar, poses, act, g_q, g_a)
 
 
 def test_hill_law_rejects_bad_parameters() -> None:
