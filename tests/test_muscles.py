@@ -57,11 +57,13 @@ def _reference(poses: np.ndarray, tension: np.ndarray) -> np.ndarray:
     return f_out
 
 
-def _run(poses: np.ndarray, tension: np.ndarray, weights: np.ndarray | None = None):
+def _run(poses: np.ndarray, tension: np.ndarray, weights: np.ndarray | None = None, hill=None):
+    """Launch the kernel (the Hill law when ``hill`` is given); wrenches and, with ``weights``, gradients."""
     import warp as wp
 
-    # strength 2 with gain 0.5 and bias 0: the kernel's tension equals ``tension``
+    # strength 2 with gain 0.5 and bias 0: the linear law's tension equals ``tension``
     muscles = MuscleSet.from_lists(BODIES, POINTS, [2.0, 2.0])
+    muscles.hill = hill
     forces = MuscleForces(muscles, num_worlds=2, bodies_per_world=3, device="cpu", act_gain=0.5)
     body_q = wp.array(poses, dtype=wp.transform, device="cpu", requires_grad=True)
     com = wp.array(np.tile(COM, (2, 1)), dtype=wp.vec3, device="cpu")
@@ -159,27 +161,6 @@ def _hill_tension(poses: np.ndarray, act: np.ndarray, rest: np.ndarray, lm: np.n
     return 2.0 * (0.5 * act * active + passive)  # strength 2, gain 0.5
 
 
-def _run_hill(poses: np.ndarray, act: np.ndarray, hill, weights: np.ndarray | None = None):
-    import warp as wp
-
-    muscles = MuscleSet.from_lists(BODIES, POINTS, [2.0, 2.0])
-    muscles.hill = hill
-    forces = MuscleForces(muscles, num_worlds=2, bodies_per_world=3, device="cpu", act_gain=0.5)
-    body_q = wp.array(poses, dtype=wp.transform, device="cpu", requires_grad=True)
-    com = wp.array(np.tile(COM, (2, 1)), dtype=wp.vec3, device="cpu")
-    a = wp.array(act.astype(np.float32), dtype=float, device="cpu", requires_grad=True)
-    body_f = wp.zeros(6, dtype=wp.spatial_vector, device="cpu", requires_grad=True)
-    tape = wp.Tape()
-    with tape:
-        forces.launch(body_q, com, a, body_f)
-    out = body_f.numpy().copy()
-    if weights is None:
-        return out, None
-    body_f.grad = wp.array(weights.astype(np.float32), dtype=wp.spatial_vector, device="cpu")
-    tape.backward()
-    return out, (body_q.grad.numpy().copy(), a.grad.numpy().copy())
-
-
 def test_hill_law_scales_tension_by_force_length_and_adds_passive_force() -> None:
     from pwm_bench.envs.muscles import HillParams
 
@@ -189,7 +170,7 @@ def test_hill_law_scales_tension_by_force_length_and_adds_passive_force() -> Non
     rest = np.array([length[0] / 1.0, length[1] / 1.16])
     hill = HillParams(rest_length=rest, fibre_optimal=np.array([0.8, 0.8]), tendon_slack=np.array([0.2, 0.2]))
     act = np.array([[300.0, 0.0], [0.0, 50.0]])
-    out, _ = _run_hill(poses, act, hill)
+    out, _ = _run(poses, act, hill=hill)
     tension = _hill_tension(poses, act, rest, hill.fibre_optimal, hill.tendon_slack)
     assert np.allclose(out, _reference(poses, tension), rtol=1e-4, atol=1e-3)
     assert tension[0, 0] == pytest.approx(300.0, rel=1e-4)  # optimal length: the linear law's tension
@@ -208,7 +189,7 @@ def test_hill_law_gradients_match_finite_differences() -> None:
     hill = HillParams(rest_length=rest, fibre_optimal=np.array([0.8, 1.0]), tendon_slack=np.array([0.2, 0.1]))
     act = np.array([[120.0, 40.0], [80.0, 200.0]])
     weights = rng.normal(size=(6, 6))
-    _, (g_q, g_a) = _run_hill(poses, act, hill, weights)
+    _, (g_q, g_a) = _run(poses, act, weights, hill=hill)
 
     def scalar(p: np.ndarray, a: np.ndarray) -> float:
         p = p.astype(np.float64)
