@@ -137,14 +137,16 @@ class MassModel:
                 return i
         raise KeyError(name)
 
+    def rest_points(self, unit: MassMuscle) -> np.ndarray:
+        """``(W, 3)`` world rest-pose positions [m] of ``unit``'s waypoints (stored in joint frames)."""
+        joints = {n.name: n.joint for n in self.nodes}
+        return np.stack([joints[b].R @ p + joints[b].t for b, p in zip(unit.bodies, unit.points, strict=True)])
+
     def rest_lengths(self) -> np.ndarray:
         """``(M,)`` path length of each muscle in the rest pose [m] (all segments, via points included)."""
-        joints = {n.name: n.joint for n in self.nodes}
-        out = []
-        for u in self.muscles:
-            world = np.stack([joints[b].R @ p + joints[b].t for b, p in zip(u.bodies, u.points, strict=True)])
-            out.append(float(np.linalg.norm(np.diff(world, axis=0), axis=1).sum()))
-        return np.asarray(out)
+        return np.asarray(
+            [float(np.linalg.norm(np.diff(self.rest_points(u), axis=0), axis=1).sum()) for u in self.muscles]
+        )
 
     def muscle_links(self) -> list[list[int]]:
         """Per muscle, the node index of each waypoint."""

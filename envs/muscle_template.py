@@ -615,8 +615,7 @@ def template_model() -> MassModel:
     Node order is :data:`~pwm_bench.envs.mass.LOWER_BODY` (pelvis, right leg, left leg), the order
     of the SNU humanoid, so both envs have the same observation layout.
     """
-    nodes = {n.name: n for n in (_node(b, s) for s in ("R", "L") for b in _JOINT)}
-    nodes["Pelvis"] = _node("Pelvis", "R")
+    nodes = {n.name: n for n in [_node("Pelvis", "R"), *(_node(b, s) for s in ("R", "L") for b in _JOINT)]}
     ordered = tuple(nodes[name] for name in LOWER_BODY)
     units = template_units()
     return MassModel(nodes=ordered, muscles=tuple(to_joint_frames(ordered, units)), total_units=len(units))
@@ -659,7 +658,7 @@ def rest_moment_arms(model: MassModel) -> np.ndarray:
     out = np.zeros((len(model.muscles), len(model.nodes), 3))
     for m, unit in enumerate(model.muscles):
         ids = [index[b] for b in unit.bodies]
-        world = [model.nodes[i].joint.R @ p + model.nodes[i].joint.t for i, p in zip(ids, unit.points, strict=True)]
+        world = model.rest_points(unit)
         for w in range(len(ids) - 1):
             i, j = ids[w], ids[w + 1]
             if i == j:

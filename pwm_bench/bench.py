@@ -27,7 +27,7 @@ class EnvBenchResult:
             ``None`` when not measured.
         window: control steps per differentiable window.
         muscle_share: for muscle-driven envs, the fraction of a forward control step spent on muscle
-            forces (time with minus time without, over time with, measured back to back); else None.
+            forces, ``1 - t_without / t_with`` from alternating timings; else None.
     """
 
     env: str

@@ -447,8 +447,8 @@ class Run:
         if self.eval_env is not None:
             seed = self.seed + EVAL_SEED_OFFSET
             ret, length = evaluate(UniformRandomPolicy(self.eval_env.act_dim, seed), self.eval_env, seed=seed)
-            self.extra_summary.setdefault("random_eval_return", ret)
-            self.extra_summary.setdefault("random_eval_length", length)
+            self.extra_summary["random_eval_return"] = ret
+            self.extra_summary["random_eval_length"] = length
         if evaluated or self._checkpointed_at != self.progress:
             self.checkpoint(self._state_fn)
         self.write_summary("completed")
