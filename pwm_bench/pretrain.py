@@ -19,21 +19,25 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from pwm_bench.config import to_dict
 from pwm_bench.datasets import EpisodeDataset, MultiTaskDataset
-from pwm_bench.errors import NonFiniteError, UsageError
+from pwm_bench.errors import NonFiniteError, UsageError, unknown_choice
 from pwm_bench.progress import Reporter
 from pwm_bench.store import DEFAULT_ROOT, atomic_save, atomic_write_json, atomic_write_text, atomic_write_yaml
 from pwm_bench.world_model import WorldModel, WorldModelConfig, model_config, parameter_count, world_model_loss
 
 log = logging.getLogger(__name__)
+
+REFERENCE_REWARD_CLIP = 5.0
+"""PWM's reference clamps normalised rewards to ±5 (``reward_norm='standard'``)."""
 
 
 @dataclasses.dataclass
@@ -53,9 +57,15 @@ class PretrainConfig:
     rho: float = 0.99
     """Per-step loss weight base ρ."""
     consistency_coef: float = 1.0
-    """Weight of the latent consistency loss (TD-MPC2: 20)."""
-    reward_coef: float = 1.0
-    """Weight of the reward loss (TD-MPC2: 0.1)."""
+    """Weight of the latent consistency loss (PWM: 1, TD-MPC2: 20)."""
+    reward_coef: float | None = None
+    """Weight of the reward loss; None is PWM's reference weighting 1/horizon (its reward term is a
+    mean over the steps, the consistency term a sum; TD-MPC2: 0.1)."""
+    reward_norm: Literal["scale", "standard", "none"] = "scale"
+    """Reward units of a scalar reward head, from the training split: 'scale' divides by the std
+    (a positive rescaling: every policy keeps its rank, and termination, which ends the return at
+    0, keeps its meaning); 'standard' subtracts the mean, divides by the std and clamps to ±5 (the
+    reference's normaliser); 'none' keeps env units."""
     holdout: float = 0.05
     """Fraction of episodes held out for evaluation."""
     eval_every: int = 1_000
@@ -65,7 +75,13 @@ class PretrainConfig:
     seed: int = 0
     """Seed of the split, the sampling and the initialisation."""
 
+    def reward_weight(self) -> float:
+        """The reward loss's weight (``reward_coef``, or 1/horizon)."""
+        return 1.0 / self.horizon if self.reward_coef is None else self.reward_coef
+
     def validate(self) -> None:
+        if self.reward_norm not in ("scale", "standard", "none"):
+            raise unknown_choice("pretraining reward_norm", self.reward_norm, ["scale", "standard", "none"])
         for name in ("steps", "batch_size", "horizon", "lr", "grad_clip", "eval_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"pretraining '{name}' must be positive, got {getattr(self, name)}")
@@ -83,10 +99,27 @@ def _losses(model: WorldModel, ds: EpisodeDataset | MultiTaskDataset, cfg: Pretr
         b.reward,
         rho=cfg.rho,
         consistency_coef=cfg.consistency_coef,
-        reward_coef=cfg.reward_coef,
+        reward_coef=cfg.reward_weight(),
         task=task,
         terminated=b.terminated,
     )
+
+
+def reward_stats(ds: EpisodeDataset | MultiTaskDataset, norm: str) -> tuple[float, float, float]:
+    """``(shift, scale, clip)`` of the reward units for ``norm`` ('scale', 'standard' or 'none') over ``ds``'s rewards.
+
+    'standard' clamps to ±5 (PWM's reference); the others do not clamp, which would flatten the
+    reward where it lies beyond the clip (a point mass far from its goal, a hopper falling).
+    """
+    if norm == "none":
+        return 0.0, 1.0, math.inf
+    parts = ds.parts if isinstance(ds, MultiTaskDataset) else [ds]
+    r = torch.cat([p.reward.double().flatten() for p in parts])
+    std = float(r.std(unbiased=False)) if r.numel() > 1 else 0.0
+    scale = std if std > 1e-8 else 1.0
+    if norm == "standard":
+        return float(r.mean()), scale, REFERENCE_REWARD_CLIP
+    return 0.0, scale, math.inf
 
 
 def pretrain_world_model(
@@ -142,6 +175,7 @@ def pretrain_world_model(
         )
     torch.manual_seed(cfg.seed)
     model = WorldModel(ds.manifest["obs_dim"], ds.manifest["act_dim"], wm_cfg).to(device)
+    model.set_reward_stats(*reward_stats(train, cfg.reward_norm))
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     eval_gen_seed = cfg.seed + 1
@@ -263,7 +297,10 @@ def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> Wo
         raise UsageError(f"{path}: no world-model checkpoint (model.pt)")
     state = torch.load(file, map_location="cpu", weights_only=False)
     model = WorldModel(state["obs_dim"], state["act_dim"], WorldModelConfig(**state["wm_config"]))
-    model.load_state_dict(state["model"])
+    # models saved before reward units existed predict env rewards: keep shift 0, scale 1
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or set(missing) - {"reward_shift", "reward_scale", "reward_clip"}:
+        model.load_state_dict(state["model"])  # raises with the full list
     return model.to(device).eval()
 
 

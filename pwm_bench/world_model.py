@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -292,7 +293,34 @@ class WorldModel(nn.Module):
         )
         self.pi = build_mlp(L + T, cfg.mlp_hidden, 2 * act_dim, head="linear", **kw) if cfg.policy_prior else None
         self.term_head = build_mlp(L + T, cfg.mlp_hidden, 1, head="linear", **kw) if cfg.termination else None
+        # reward units of a scalar head: it predicts clamp((r - shift) / scale, ±clip) (set before pretraining)
+        self.register_buffer("reward_shift", torch.zeros(()))
+        self.register_buffer("reward_scale", torch.ones(()))
+        self.register_buffer("reward_clip", torch.full((), math.inf))
         self.reset_parameters()
+
+    @torch.no_grad()
+    def set_reward_stats(self, shift: float, scale: float, clip: float = math.inf) -> None:
+        """Fix the reward units of a scalar head: it predicts ``clamp((r - shift) / scale, ±clip)``."""
+        if not scale > 0 or not clip > 0:
+            raise ValueError(f"reward scale and clip must be positive, got {scale} and {clip}")
+        self.reward_shift.fill_(float(shift))
+        self.reward_scale.fill_(float(scale))
+        self.reward_clip.fill_(float(clip))
+
+    def reward_target(self, reward: torch.Tensor) -> torch.Tensor:
+        """Env rewards ``(...)`` in the units the reward head is trained on (two-hot heads: unchanged)."""
+        if self.cfg.num_bins:
+            return reward
+        return torch.maximum(
+            torch.minimum((reward - self.reward_shift) / self.reward_scale, self.reward_clip), -self.reward_clip
+        )
+
+    def reward_to_env(self, reward: torch.Tensor) -> torch.Tensor:
+        """Model rewards ``(...)`` back in env units (inverse of :meth:`reward_target` inside the clip)."""
+        if self.cfg.num_bins:
+            return reward
+        return reward * self.reward_scale + self.reward_shift
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -331,7 +359,10 @@ class WorldModel(nn.Module):
     def reward(
         self, z: torch.Tensor, a: torch.Tensor, task: torch.Tensor | None = None, symlog_space: bool = False
     ) -> torch.Tensor:
-        """Predicted reward ``(...)``, differentiable (two-hot models decode the expected value)."""
+        """Predicted reward ``(...)`` in model units (see :meth:`reward_target`), differentiable.
+
+        Two-hot models decode the expected value (raw units, or symlog units with ``symlog_space``).
+        """
         out = self.reward_logits(z, a, task)
         if self.cfg.num_bins == 0:
             return out.squeeze(-1)
@@ -440,14 +471,18 @@ def world_model_loss(
     """Multi-step latent consistency and reward loss over sub-trajectories.
 
     The model rolls its own latent forward from ``h(o_0)`` with the dataset's actions; targets are
-    ``h(o_{t+1})`` from the same (online) encoder without gradient. PWM's single-task loss is
-    ``consistency + reward`` with ``ρ = 0.99``, H = 16; TD-MPC2 weighs them 20 and 0.1 with ``ρ = 0.5``.
+    ``h(o_{t+1})`` from the same (online) encoder without gradient. With ``C = Σ_t ρ^t MSE(ẑ_{t+1},
+    z⁺_t) / H`` and ``R = Σ_t ρ^t mean_B ℓ(R_t, r_t) / H`` (rewards in the head's units,
+    :meth:`WorldModel.reward_target`), the loss is ``consistency_coef · C + reward_coef · R``.
+    PWM's reference loss ``[Σ_t ρ^t MSE_t + mean_t ρ^t (R_t − r_t)²] / H`` is ``consistency_coef = 1``,
+    ``reward_coef = 1 / H`` with ``ρ = 0.99`` and H = 16; TD-MPC2 weighs them 20 and 0.1 with
+    ``ρ = 0.5``. ``ModelLosses.consistency`` and ``.reward`` report ``C`` and ``R`` unweighted.
 
     Args:
         model: the world model.
         obs: ``(H+1, B, O)``.
         action: ``(H, B, A)``; ``action[t]`` was taken at ``obs[t]``.
-        reward: ``(H, B)``; ``reward[t]`` followed ``action[t]``.
+        reward: ``(H, B)`` env rewards; ``reward[t]`` followed ``action[t]``.
         rho: per-step weight base.
         consistency_coef: weight of the consistency term.
         reward_coef: weight of the reward term.
@@ -465,7 +500,7 @@ def world_model_loss(
         z = model.next(z, action[t], task)
         zs.append(z)
     cons = consistency_loss(torch.stack(zs), targets, rho)
-    rew = reward_loss(model, torch.stack(logits), reward, rho)
+    rew = reward_loss(model, torch.stack(logits), model.reward_target(reward), rho)
     total = consistency_coef * cons + reward_coef * rew
     term = None
     if model.term_head is not None and terminated is not None:
