@@ -59,6 +59,9 @@ class Algorithm:
         description: one line for ``pwm-bench list``.
         requires_gradients: the algorithm differentiates through the simulator and needs an env
             built with ``differentiable=True``.
+        wants_gradients: optional ``wants_gradients(cfg) -> bool``: an algorithm that uses simulator
+            gradients only in some configurations (a diagnostic, a control) gets a differentiable
+            env when this is True for the run's config and the env supports it.
         prepare: optional ``prepare(cfg, ctx) -> cfg`` called once before a fresh run is created
             (not on resume), with a :class:`PrepareContext`; it may build cached artefacts the run
             needs (datasets, pretrained models) and returns the config that the run records.
@@ -70,6 +73,13 @@ class Algorithm:
     description: str
     requires_gradients: bool = False
     prepare: Callable[[Any, PrepareContext], Any] | None = None
+    wants_gradients: Callable[[Any], bool] | None = None
+
+    def differentiable_env(self, cfg: Any, env_supports: bool) -> bool:
+        """Whether a run with config ``cfg`` trains on an env built with ``differentiable=True``."""
+        if self.requires_gradients:
+            return True
+        return env_supports and self.wants_gradients is not None and bool(self.wants_gradients(cfg))
 
 
 @dataclasses.dataclass

@@ -164,12 +164,18 @@ def compare(
     out: Annotated[Path, typer.Option(help="Results root.")] = Path("results"),
     jobs: Annotated[int, typer.Option(help="Runs at once (subprocesses); 1 runs them one after another.")] = 1,
     csv: Annotated[Path | None, typer.Option(help="Also write the summary table to this CSV file.")] = None,
+    at_steps: Annotated[
+        int | None,
+        typer.Option(help="Also compare the evaluations up to this many env steps (default: the smallest budget)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of progress bars.")] = False,
 ) -> None:
     """Run algorithms x seeds on one env into the results store and print a comparison table.
 
     Giving the same command again finishes an interrupted grid: completed runs are reused,
-    interrupted ones resumed.
+    interrupted ones resumed. When the algorithms' budgets differ, the table also shows the last
+    and the best evaluation up to the smallest budget (or --at-steps), and "data steps" counts the
+    env steps spent collecting a world model's pretraining data (PWM's SHAC run).
     """
     from rich.table import Table
 
@@ -187,6 +193,8 @@ def compare(
             raise UsageError(f"--seeds must be positive, got {seeds}")
         if jobs <= 0:
             raise UsageError(f"--jobs must be positive, got {jobs}")
+        if at_steps is not None and at_steps <= 0:
+            raise UsageError(f"--at-steps must be positive, got {at_steps}")
         resolve_device(device)
         cells = run_grid(
             env,
@@ -201,11 +209,17 @@ def compare(
         )
     except UsageError as exc:
         raise _fail(str(exc)) from None
-    df = summarize(cells)
+    df = summarize(cells, at_steps)
     if csv is not None:
         atomic_write_text(csv, df.to_csv(index=False))
+    at = df["at_steps"].iloc[0] if len(df) else None
+    show_at = at is not None and at == at and (df["env_steps"] != at).any()
     table = Table(title=f"{env}, preset {preset}, seeds 0-{seeds - 1}  (eval return: mean ± std over seeds)")
-    for col in ("algo", "runs", "final eval return", "best eval return", "random actions", "env steps", "wall time"):
+    cols = ["algo", "runs", "final eval return", "best eval return"]
+    if show_at:
+        cols += [f"final at {at:,.0f} steps", f"best at {at:,.0f} steps"]
+    cols += ["random actions", "env steps", "data steps", "wall time"]
+    for col in cols:
         table.add_column(col, justify="left" if col == "algo" else "right")
 
     def pm(m: float, s: float) -> str:
@@ -213,14 +227,20 @@ def compare(
 
     for _, r in df.iterrows():
         steps = "—" if r["env_steps"] != r["env_steps"] else f"{r['env_steps']:,.0f}"
+        data = "—" if r["data_steps"] != r["data_steps"] else f"{r['data_steps']:,.0f}"
         wall = "—" if r["wall_time"] != r["wall_time"] else f"{r['wall_time']:.0f} s"
+        at_cells = (
+            [pm(r["at_final_mean"], r["at_final_std"]), pm(r["at_best_mean"], r["at_best_std"])] if show_at else []
+        )
         table.add_row(
             r["algo"],
             r["runs"],
             pm(r["final_mean"], r["final_std"]),
             pm(r["best_mean"], r["best_std"]),
+            *at_cells,
             "—" if r["random_mean"] != r["random_mean"] else f"{r['random_mean']:.1f}",
             steps,
+            data,
             wall,
         )
     _console().print(table)
@@ -424,7 +444,9 @@ def wm_check(
 
     For the policy's own closed-loop actions and for uniform random actions, prints the median cosine
     between the model's and the simulator's gradients of the discounted window return w.r.t. the
-    actions (1 = same direction), for the first action alone, and the returns each predicts.
+    actions (1 = same direction), for the first action alone, and the returns each predicts; then
+    the cosine between the actor updates that the model and the simulator would give (the actor
+    loss's gradient w.r.t. the actor's parameters), with and without the critics' bootstrap.
     """
     from rich.table import Table
 
@@ -438,6 +460,7 @@ def wm_check(
     table = Table(title=f"model vs simulator gradients, {horizon}-step windows, {worlds} worlds")
     for col in ("actions", "alive", "cosine", "first-action cosine", "|g_model|/|g_env|", "env return", "model return"):
         table.add_column(col, justify="right" if col != "actions" else "left")
+    actor = rows.pop("actor")
     for name, r in rows.items():
         if r.get("alive", 0.0) == 0.0:
             table.add_row(name, "0%", *["—"] * 5)
@@ -452,6 +475,10 @@ def wm_check(
             f"{r['model_return']:.2f}",
         )
     _console().print(table)
+    typer.echo(
+        f"actor-parameter gradient of the actor loss, model vs simulator (same critics and noise): cosine "
+        f"{actor['cosine']:.3f} with the critics' bootstrap, {actor['cosine_rewards']:.3f} from the rewards alone"
+    )
 
 
 @app.command("list", epilog="Examples:\n\n  pwm-bench list\n\n  pwm-bench list --algo ppo --preset cpu")

@@ -161,10 +161,29 @@ def run_grid(
     return cells
 
 
-def summarize(cells: Sequence[Cell]) -> Any:
+def eval_curve(run_dir: Path) -> Any:
+    """``(env_steps, eval/episode_return)`` rows of a run's ``metrics.csv`` (pandas DataFrame; empty if none)."""
+    import pandas as pd
+
+    f = Path(run_dir) / "metrics.csv"
+    if not f.exists():
+        return pd.DataFrame(columns=["env_steps", "eval/episode_return"])
+    df = pd.read_csv(f)
+    if "eval/episode_return" not in df:
+        return pd.DataFrame(columns=["env_steps", "eval/episode_return"])
+    return df.loc[df["eval/episode_return"].notna(), ["env_steps", "eval/episode_return"]]
+
+
+def summarize(cells: Sequence[Cell], at_steps: int | None = None) -> Any:
     """Per-algorithm table (pandas DataFrame): runs completed, final and best eval return
-    (mean and std across seeds), the mean return of uniform random actions on the same evaluation
-    worlds, mean env steps and mean wall time (s)."""
+    (mean and std across seeds), the same at ``at_steps`` env steps (the last and the best
+    evaluation up to there), the mean return of uniform random actions on the same evaluation
+    worlds, mean env steps, mean env steps spent on pretraining data (PWM's collection run; 0
+    for the others) and mean wall time (s).
+
+    ``at_steps`` defaults to the smallest env-step count among the completed runs, so runs with
+    different budgets are also compared at equal online env steps.
+    """
     import pandas as pd
 
     rows = []
@@ -179,12 +198,23 @@ def summarize(cells: Sequence[Cell]) -> Any:
                 "best": s.get("best_eval_return"),
                 "random": s.get("random_eval_return"),
                 "env_steps": s.get("env_steps"),
+                "data_steps": s.get("data_env_steps", 0),
                 "wall_time": s.get("wall_time"),
             }
         )
     df = pd.DataFrame(rows)
+    done = df["status"].eq("completed")
+    if at_steps is None and done.any():
+        at_steps = int(df.loc[done, "env_steps"].min())
+    at_final, at_best = [], []
+    for c in cells:
+        curve = eval_curve(c.run_dir)
+        upto = curve.loc[curve["env_steps"] <= at_steps, "eval/episode_return"] if at_steps is not None else []
+        at_final.append(float(upto.iloc[-1]) if len(upto) else float("nan"))
+        at_best.append(float(upto.max()) if len(upto) else float("nan"))
+    df = df.assign(at_final=at_final, at_best=at_best)
     order = list(dict.fromkeys(df["algo"]))
-    g = df.assign(done=df["status"].eq("completed")).groupby("algo", sort=False)
+    g = df.assign(done=done).groupby("algo", sort=False)
     table = pd.DataFrame(
         {
             "runs": g["done"].sum().astype(int).astype(str) + "/" + g.size().astype(str),
@@ -192,8 +222,14 @@ def summarize(cells: Sequence[Cell]) -> Any:
             "final_std": g["final"].std(ddof=0),
             "best_mean": g["best"].mean(),
             "best_std": g["best"].std(ddof=0),
+            "at_steps": at_steps,
+            "at_final_mean": g["at_final"].mean(),
+            "at_final_std": g["at_final"].std(ddof=0),
+            "at_best_mean": g["at_best"].mean(),
+            "at_best_std": g["at_best"].std(ddof=0),
             "random_mean": g["random"].mean(),
             "env_steps": g["env_steps"].mean(),
+            "data_steps": g["data_steps"].mean(),
             "wall_time": g["wall_time"].mean(),
         }
     ).loc[order]

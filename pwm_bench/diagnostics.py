@@ -11,7 +11,9 @@ data's actions, means the policy has moved to where the model is wrong (model ex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,25 @@ class GradientAlignment:
         }
 
 
+@contextlib.contextmanager
+def probing(env: Any) -> Iterator[None]:
+    """Within the block the env may be stepped freely, without resets; afterwards its simulator state,
+    its episode statistics and its step counter are as before, and its autograd graph is cut.
+
+    This lets a diagnostic probe a training env from its live states without changing the training
+    run (the returns and lengths of its running episodes included).
+    """
+    state0 = env.get_state()
+    stats = (env._ep_return.clone(), env._ep_length.clone(), env._steps_taken)
+    try:
+        with env.resets_suspended():
+            yield
+    finally:
+        env.set_state(state0)
+        env.detach()
+        env._ep_return, env._ep_length, env._steps_taken = stats
+
+
 def model_gradient_alignment(
     env: Any,
     wm: WorldModel,
@@ -84,30 +105,26 @@ def model_gradient_alignment(
     if not getattr(env, "differentiable", False):
         raise ValueError(f"env {getattr(env, 'name', env)!r} was not built with differentiable=True")
     horizon, n = actions.shape[0], actions.shape[1]
-    state0 = env.get_state()
     a_env = actions.detach().clone().requires_grad_(True)
     ret_env = torch.zeros(n, device=actions.device)
     alive = torch.ones(n, dtype=torch.bool, device=actions.device)
-    try:
-        with env.resets_suspended():
-            for t in range(horizon):
-                _, r, terminated, _, _ = env.step(a_env[t])
-                ret_env = ret_env + alive.float() * gamma**t * r
-                alive = alive & ~terminated
+    with probing(env), torch.enable_grad():
+        for t in range(horizon):
+            _, r, terminated, _, _ = env.step(a_env[t])
+            ret_env = ret_env + alive.float() * gamma**t * r
+            alive = alive & ~terminated
         (g_env,) = torch.autograd.grad(ret_env.sum(), a_env)
-    finally:
-        env.set_state(state0)
-        env.detach()
     requires = [p.requires_grad for p in wm.parameters()]
     wm.requires_grad_(False)
     try:
-        a_wm = actions.detach().clone().requires_grad_(True)
-        z = wm.encode(obs.detach(), task)
-        ret_wm = torch.zeros(n, device=actions.device)
-        for t in range(horizon):
-            ret_wm = ret_wm + gamma**t * wm.reward(z, a_wm[t], task)
-            z = wm.next(z, a_wm[t], task)
-        (g_wm,) = torch.autograd.grad(ret_wm.sum(), a_wm)
+        with torch.enable_grad():
+            a_wm = actions.detach().clone().requires_grad_(True)
+            z = wm.encode(obs.detach(), task)
+            ret_wm = torch.zeros(n, device=actions.device)
+            for t in range(horizon):
+                ret_wm = ret_wm + gamma**t * wm.reward_to_env(wm.reward(z, a_wm[t], task))
+                z = wm.next(z, a_wm[t], task)
+            (g_wm,) = torch.autograd.grad(ret_wm.sum(), a_wm)
     finally:
         for p, r in zip(wm.parameters(), requires, strict=True):
             p.requires_grad_(r)
@@ -128,18 +145,13 @@ def policy_actions(env: Any, act: Any, obs: torch.Tensor, horizon: int) -> torch
 
     ``act(obs) -> actions`` is called on each observation; worlds are not reset inside the window.
     """
-    state0 = env.get_state()
     out = []
-    try:
-        with torch.no_grad(), env.resets_suspended():
-            o = obs
-            for _ in range(horizon):
-                a = act(o)
-                out.append(a)
-                o = env.step(a)[0]
-    finally:
-        env.set_state(state0)
-        env.detach()
+    with torch.no_grad(), probing(env):
+        o = obs
+        for _ in range(horizon):
+            a = act(o)
+            out.append(a)
+            o = env.step(a)[0]
     return torch.stack(out)
 
 
@@ -151,19 +163,25 @@ def check_pwm_run(
     seed: int = 0,
     device: str | torch.device = "cpu",
     checkpoint: str = "latest",
+    noise_draws: int = 4,
 ) -> dict[str, dict[str, float]]:
     """Gradient alignment of a single-task PWM run's world model, on the policy's actions and on random ones.
 
     Loads the run's world model as its checkpoint holds it (fine-tuned, for an online run) and its
     actor, resets ``worlds`` differentiable worlds of the run's env with ``seed``, and compares the
     model with the simulator (:func:`model_gradient_alignment`) for the deterministic policy's
-    closed-loop actions and for uniform random actions. Returns ``{"policy": summary, "random": summary}``.
+    closed-loop actions and for uniform random actions. Returns ``{"policy": summary, "random": summary,
+    "actor": {...}}``, where ``actor`` holds the mean over ``noise_draws`` exploration-noise draws of
+    the cosine between the actor-parameter gradients of the actor loss through the model and
+    through the simulator (:func:`~pwm_bench.pwm.single_task.actor_gradient_cosine`), with the
+    critics' bootstrap (``cosine``) and without it (``cosine_rewards``).
     """
     from pwm_bench.config import from_dict
     from pwm_bench.envs import env_spec, make_env
     from pwm_bench.errors import UsageError
     from pwm_bench.pretrain import load_world_model
-    from pwm_bench.pwm import LatentActor, PWMConfig
+    from pwm_bench.pwm import CriticEnsemble, LatentActor, PWMConfig
+    from pwm_bench.pwm.single_task import actor_gradient_cosine
     from pwm_bench.store import read_config
 
     run = Path(run_dir)
@@ -184,6 +202,10 @@ def check_pwm_run(
     wm.load_state_dict(state["wm"])
     actor = LatentActor(wm.cfg.latent_dim, wm.act_dim, cfg.actor_hidden, cfg.init_log_std).to(device)
     actor.load_state_dict(state["actor"])
+    critics = CriticEnsemble(wm.cfg.latent_dim, cfg.critic_hidden, cfg.num_critics).to(device)
+    critics.load_state_dict(state["critics"])
+    wm.requires_grad_(False)
+    critics.requires_grad_(False)
     env_cfg = from_dict(spec.config, record.get("env_config") or {})
     env = make_env(record["env"], worlds, device, True, **dataclasses.asdict(env_cfg))
     obs, _ = env.reset(seed=seed)
@@ -192,7 +214,14 @@ def check_pwm_run(
         "policy": policy_actions(env, lambda o: actor(wm.encode(o), deterministic=True), obs, horizon),
         "random": (torch.rand(horizon, worlds, wm.act_dim, generator=gen) * 2 - 1).to(obs.device),
     }
-    return {k: model_gradient_alignment(env, wm, obs, a, cfg.gamma).summary() for k, a in candidates.items()}
+    out = {k: model_gradient_alignment(env, wm, obs, a, cfg.gamma).summary() for k, a in candidates.items()}
+    no_value = dataclasses.replace(cfg, value_gradient=False)
+
+    def actor_cos(c: Any) -> float:
+        return sum(actor_gradient_cosine(env, wm, actor, critics, obs, c, s) for s in range(noise_draws)) / noise_draws
+
+    out["actor"] = {"cosine": actor_cos(cfg), "cosine_rewards": actor_cos(no_value)}
+    return out
 
 
-__all__ = ["GradientAlignment", "check_pwm_run", "model_gradient_alignment", "policy_actions"]
+__all__ = ["GradientAlignment", "check_pwm_run", "model_gradient_alignment", "policy_actions", "probing"]

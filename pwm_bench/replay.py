@@ -99,6 +99,25 @@ class WindowReplay:
         obs = torch.cat([self.obs[rows[:1], w[:1]], self.next_obs[rows, w]])
         return obs, self.action[rows, w], self.reward[rows, w], self.terminated[rows, w]
 
+    def latest(self, horizon: int) -> tuple[torch.Tensor, ...] | None:
+        """The newest window of every world whose last ``horizon`` transitions lie inside one episode.
+
+        Same layout as :meth:`sample` with ``B`` the number of such worlds (None if there is none),
+        e.g. to measure a model on the data it has not been trained on yet.
+        """
+        if self.size < horizon:
+            return None
+        ok = self._valid(horizon)[-1]  # windows that end at the newest row
+        if not bool(ok.any()):
+            return None
+        world = ok.nonzero().squeeze(-1)
+        first = self.pos if self.size == self.rows else 0
+        steps = torch.arange(horizon, device=world.device).unsqueeze(1)
+        rows = ((first + self.size - horizon + steps) % self.rows).expand(-1, world.numel())
+        w = world.unsqueeze(0).expand_as(rows)
+        obs = torch.cat([self.obs[rows[:1], w[:1]], self.next_obs[rows, w]])
+        return obs, self.action[rows, w], self.reward[rows, w], self.terminated[rows, w]
+
     def state_dict(self) -> dict[str, Any]:
         k = self.size
         return {

@@ -217,7 +217,8 @@ def execute(req: RunRequest) -> RunResult:
         record["algo_config"] = to_dict(cfg)
     seed_everything(seed)
     env_kwargs = dataclasses.asdict(env_cfg)
-    env = make_env(record["env"], cfg.num_envs, device, algo.requires_gradients, **env_kwargs)
+    grads = algo.differentiable_env(cfg, env_spec(record["env"]).differentiable)
+    env = make_env(record["env"], cfg.num_envs, device, grads, **env_kwargs)
     if req.wrap_env is not None:
         env = req.wrap_env(env, run_dir)
     eval_env = make_env(record["env"], cfg.eval_episodes, device, False, **env_kwargs)

@@ -160,7 +160,7 @@ def test_smoke_preset_on_hopper_is_deterministic(out: Path, algo: str) -> None:
 
 
 def test_compare_runs_the_grid_and_reuses_completed_runs(out: Path) -> None:
-    from pwm_bench.compare import run_grid, summarize
+    from pwm_bench.compare import eval_curve, run_grid, summarize
 
     overrides = {"total_steps": "1024", "eval_every": "512"}
     cells = run_grid("pointmass", ["ppo", "shac"], [0, 1], preset="smoke", overrides=overrides, out=out)
@@ -169,6 +169,13 @@ def test_compare_runs_the_grid_and_reuses_completed_runs(out: Path) -> None:
     assert df["algo"].tolist() == ["ppo", "shac"]
     assert df["runs"].tolist() == ["2/2", "2/2"]
     assert df["final_mean"].notna().all() and (df["final_std"] >= 0).all()
+    assert (df["at_steps"] == 1024).all() and (df["data_steps"] == 0).all()
+    assert df["at_final_mean"].tolist() == pytest.approx(df["final_mean"].tolist())
+    # at fewer steps: the evaluations up to there (the first one, at 512 steps)
+    early = summarize(cells, at_steps=700)
+    firsts = [float(eval_curve(c.run_dir)["eval/episode_return"].iloc[0]) for c in cells]
+    assert early["at_final_mean"].tolist() == pytest.approx([sum(firsts[:2]) / 2, sum(firsts[2:]) / 2])
+    assert early["at_best_mean"].tolist() == pytest.approx(early["at_final_mean"].tolist())
     mtimes = {c.run_dir: (c.run_dir / "summary.json").stat().st_mtime_ns for c in cells}
     again = run_grid("pointmass", ["ppo", "shac"], [0, 1], preset="smoke", overrides=overrides, out=out)
     assert again == cells

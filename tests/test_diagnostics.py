@@ -31,10 +31,18 @@ class ExactPointMass(nn.Module):
         v = (1.0 - self.damping * self.dt) * v + self.dt * self.force * a
         return torch.cat([p + self.dt * v, v], dim=-1)
 
-    def reward(self, z: torch.Tensor, a: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+    def reward(
+        self, z: torch.Tensor, a: torch.Tensor, task: torch.Tensor | None = None, symlog_space: bool = False
+    ) -> torch.Tensor:
         nz = self.next(z, a)
         r = -(nz[:, :2].square().sum(-1) + 0.1 * nz[:, 2:].square().sum(-1) + 0.01 * a.square().sum(-1))
         return r if self.sign > 0 else -r
+
+    def reward_to_env(self, r: torch.Tensor) -> torch.Tensor:
+        return r
+
+    term_head = None
+    reward_shift, reward_scale = torch.zeros(()), torch.ones(())
 
 
 @pytest.mark.parametrize(("sign", "expected"), [(1.0, 1.0), (-1.0, -1.0)])
@@ -85,5 +93,26 @@ def test_wm_check_reports_a_pwm_run_and_rejects_other_folders(out: Path) -> None
     res = cli("wm-check", str(result.run_dir), "--worlds", "4", "--horizon", "5")
     assert res.returncode == 0, res.stderr
     assert "policy" in res.stdout and "random" in res.stdout and "cosine" in res.stdout
+    assert "actor-parameter gradient" in res.stdout
     res = cli("wm-check", str(out))
     assert res.returncode == 2 and "not a run folder" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(("sign", "value_gradient", "expected"), [(1.0, True, 1.0), (-1.0, False, -1.0)])
+def test_actor_gradient_cosine_is_one_for_an_exact_model(sign: float, value_gradient: bool, expected: float) -> None:
+    """The actor loss through an exact model and through the simulator, with the same noise: the same
+    actor gradient (a reward-flipped model gives the opposite one when the bootstrap is left out)."""
+    from pwm_bench.pwm import CriticEnsemble, LatentActor, PWMConfig
+    from pwm_bench.pwm.single_task import actor_gradient_cosine
+
+    env = make_env("pointmass", 6, differentiable=True, init_range=1.0)
+    obs, _ = env.reset(seed=3)
+    before = env.get_state()
+    torch.manual_seed(0)
+    actor, critics = LatentActor(4, 2, (16,)), CriticEnsemble(4, (16,), 3).requires_grad_(False)
+    cfg = PWMConfig(horizon=6, value_gradient=value_gradient)
+    rng = torch.get_rng_state()
+    cos = actor_gradient_cosine(env, ExactPointMass(sign), actor, critics, obs, cfg, seed=1)  # type: ignore[arg-type]
+    assert cos == pytest.approx(expected, abs=1e-4)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in env.get_state().items())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -172,3 +174,59 @@ def test_bad_configs_are_rejected() -> None:
         model_config("pwm", variant="gelu")
     with pytest.raises(UsageError, match="num_bins"):
         model_config("pwm", num_q=2)
+
+
+def test_pwm_world_model_loss_is_the_reference_formula_on_normalised_rewards() -> None:
+    """PWM's loss ``[Σ_t ρ^t MSE(ẑ_{t+1}, h(o_{t+1})) + mean_t ρ^t mean_b (R_t − r̃_t)²] / H`` with
+    ``r̃ = clamp((r − μ)/σ, ±5)``, computed by hand on a tiny model, equals what pretraining and
+    online fine-tuning minimise."""
+    from pwm_bench.pretrain import PretrainConfig
+    from pwm_bench.pwm import PWMConfig
+    from pwm_bench.pwm.single_task import pwm_model_loss
+
+    torch.manual_seed(0)
+    m = WorldModel(3, 2, model_config("pwm", latent_dim=8, enc_hidden=(8,), mlp_hidden=(8,)))
+    torch.nn.init.normal_(m.reward_head[-1].weight, std=0.3)
+    m.set_reward_stats(0.5, 2.0, 5.0)
+    h, b, rho = 4, 5, 0.99
+    obs, act = torch.randn(h + 1, b, 3), torch.rand(h, b, 2) * 2 - 1
+    rew = torch.randn(h, b) * 8  # some beyond ±5σ: clamped
+    cons = rew_sum = 0.0
+    with torch.no_grad():
+        z = m.encode(obs[0])
+        for t in range(h):
+            r_t = ((rew[t] - 0.5) / 2.0).clamp(-5, 5)
+            rew_sum += rho**t * float((m.reward(z, act[t]) - r_t).square().mean())
+            z = m.next(z, act[t])
+            cons += rho**t * float((z - m.encode(obs[t + 1])).square().mean())
+    reference = (cons + rew_sum / h) / h
+    cfg = PWMConfig(horizon=h)
+    got = pwm_model_loss(m, cfg, obs, act, rew, torch.zeros(h, b))
+    assert float(got.total) == pytest.approx(reference, rel=1e-5)
+    assert float(got.consistency) == pytest.approx(cons / h, rel=1e-5)
+    assert float(got.reward) == pytest.approx(rew_sum / h, rel=1e-5)
+    # pretraining uses the same weights by default
+    pre = PretrainConfig(horizon=h, rho=rho)
+    direct = world_model_loss(m, obs, act, rew, rho=rho, reward_coef=pre.reward_weight())
+    assert float(direct.total) == pytest.approx(reference, rel=1e-5)
+
+
+def test_reward_units_come_from_the_training_data() -> None:
+    from types import SimpleNamespace
+
+    from pwm_bench.pretrain import reward_stats
+
+    data = SimpleNamespace(reward=torch.tensor([1.0, 3.0, 5.0, 7.0]))
+    std = float(torch.tensor([1.0, 3.0, 5.0, 7.0]).std(unbiased=False))
+    assert reward_stats(data, "scale") == pytest.approx((0.0, std, math.inf))  # type: ignore[arg-type]
+    assert reward_stats(data, "standard") == pytest.approx((4.0, std, 5.0))  # type: ignore[arg-type]
+    assert reward_stats(data, "none") == (0.0, 1.0, math.inf)  # type: ignore[arg-type]
+    m = WorldModel(3, 2, model_config("pwm", latent_dim=8, enc_hidden=(8,), mlp_hidden=(8,)))
+    m.set_reward_stats(1.0, 2.0)  # a positive rescaling: nothing is clamped
+    r = torch.tensor([-100.0, 0.0, 3.0])
+    assert torch.allclose(m.reward_target(r), torch.tensor([-50.5, -0.5, 1.0]))
+    assert torch.allclose(m.reward_to_env(m.reward_target(r)), r)
+    m.set_reward_stats(1.0, 2.0, 5.0)  # the reference's normaliser
+    assert torch.allclose(m.reward_target(r), torch.tensor([-5.0, -0.5, 1.0]))
+    with pytest.raises(ValueError, match="positive"):
+        m.set_reward_stats(0.0, 0.0)

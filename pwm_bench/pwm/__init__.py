@@ -76,6 +76,7 @@ ALGORITHM = Algorithm(
     train=train,
     description="PWM: first-order policy gradients through a pretrained world model (Georgiev et al. 2024)",
     prepare=prepare,
+    wants_gradients=lambda cfg: cfg.mode == "online" and (cfg.dynamics == "simulator" or cfg.grad_check_every > 0),
 )
 
 __all__ = [

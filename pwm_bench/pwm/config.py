@@ -66,7 +66,22 @@ class PWMConfig(TrainConfig):
     critic_batches: int = 4
     """Minibatches per pass."""
     init_log_std: float = -1.0
-    """Initial log std of the actor."""
+    """Initial log std of the actor (clamped in place to at least LOG_STD_MIN after every step)."""
+    action_bound: float = 2.0
+    """Pre-tanh |mean| beyond which action_bound_coef penalises the actor (tanh(2) = 0.96)."""
+    action_bound_coef: float = 0.0
+    """Weight of ``mean(relu(|μ| - action_bound)²)`` over the imagined latents in the actor loss; keeps
+    a gradient on actions that would otherwise saturate for good (0: off, as in the reference)."""
+    value_gradient: bool = True
+    """Backpropagate the actor loss through the critics' bootstrap values (the reference); False
+    treats them as constants, so the actor follows the H-step reward gradient only."""
+    dynamics: Literal["model", "simulator"] = "model"
+    """Online: 'model' imagines through the world model (PWM); 'simulator' rolls the same actor and
+    critics through the differentiable env instead (a control that separates optimiser error from
+    model error; the model's encoder is kept as a fixed feature map and not fine-tuned)."""
+    grad_check_every: int = 50
+    """Online, differentiable envs: every this many epochs, log the model-vs-simulator gradient cosine
+    on the policy's own actions from all live worlds (pwm/grad_cosine*; 0: never)."""
     return_norm: bool = True
     """Divide the actor loss by a running std of the imagined returns (else by H)."""
     terminal_discount: Literal["gamma_h", "gamma_h_plus_1"] = "gamma_h"
@@ -95,7 +110,7 @@ class PWMConfig(TrainConfig):
     wm_batch_size: int = 256
     """Windows per world-model step (pretraining and fine-tuning)."""
     wm_lr: float = 3e-4
-    """World-model Adam learning rate (pretraining; the fine-tuning LR decays from it)."""
+    """World-model Adam learning rate (pretraining and fine-tuning)."""
     wm_rho: float = 0.99
     """Per-step weight base of the world-model losses."""
     wm_task_dim: int = 64
@@ -107,12 +122,22 @@ class PWMConfig(TrainConfig):
     predicted probability of still being alive (not in the reference, whose imagination never ends)."""
     wm_consistency_coef: float = 1.0
     """Weight of the latent consistency loss against the reward loss (PWM: 1, TD-MPC2: 20)."""
+    wm_reward_coef: float | None = None
+    """Weight of the reward loss (pretraining and fine-tuning); None is the reference's 1/horizon."""
+    wm_reward_norm: Literal["scale", "standard", "none"] = "scale"
+    """Reward units of the pretrained model (see PretrainConfig.reward_norm): 'scale' divides by the
+    data's std, 'standard' also centres (the reference; then staying alive is worth about as much as
+    falling), 'none' keeps env units."""
     finetune_wm: bool = True
     """Online: fine-tune the model on the collected data."""
     wm_iterations: int = 8
     """Online: model gradient steps per epoch."""
-    finetune_encoder: bool = False
-    """Online: fine-tune the encoder too (reference); False keeps the latent space the actor and critics see fixed."""
+    finetune_encoder: bool = True
+    """Online: fine-tune the encoder too (the reference trains every model parameter; False keeps the
+    latent space that the actor and critics see fixed)."""
+    wm_lr_schedule: Literal["constant", "linear"] = "constant"
+    """Online fine-tuning LR: 'constant' at wm_lr (the data keep changing), or 'linear' to lr_min over
+    the run (the reference, whose decay spans 15k epochs)."""
     finetune_after: int = 10_000
     """Online: fine-tuning starts once this many real transitions are collected."""
     finetune_offline_fraction: float = 0.5
@@ -162,6 +187,7 @@ class PWMConfig(TrainConfig):
                 "wm_batch_size": 32,
                 "wm_iterations": 2,
                 "finetune_after": 128,
+                "grad_check_every": 4,
                 "collect_preset": "smoke",
                 "epochs": 20,
                 "batch_size": 32,
@@ -224,6 +250,10 @@ class PWMConfig(TrainConfig):
             raise unknown_choice("world-model size", self.wm_size, list(MODEL_SIZES))
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise UsageError("config 'gamma' must be in (0, 1] and 'lam' in [0, 1]")
+        if self.dynamics == "simulator" and self.mode != "online":
+            raise UsageError("dynamics=simulator rolls out in the live env: it needs mode=online")
+        if self.grad_check_every < 0:
+            raise UsageError(f"config 'grad_check_every' must be >= 0, got {self.grad_check_every}")
         if self.mode == "offline" and self.world_model is None and self.dataset is None and not self.datasets:
             raise UsageError("offline PWM needs a dataset (--set pwm.dataset=NAME) or a world model trained on one")
 

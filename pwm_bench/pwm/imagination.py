@@ -31,8 +31,9 @@ class Imagination:
 
     Attributes:
         loss: per-start actor loss ``(N,)``: minus the sum of its closed segments' returns, differentiable.
-        latents: ``(H, N, L)`` detached latents the critics train on.
-        rewards: ``(H, N)`` detached model rewards.
+        latents: ``(H, N, L)`` detached latents the critics train on (the actor's inputs).
+        actions: ``(H, N, A)`` detached actions, in [-1, 1], that the model (and the real env) received.
+        rewards: ``(H, N)`` detached rewards in model units.
         next_values: ``(H, N)`` detached bootstraps ``min V(z_{t+1})`` (0 after a real termination).
         dones: ``(H, N)`` segment ends (real episode ends, and the window's last step).
         continuation: ``(H, N)`` predicted probability of being alive after each step (1 without a
@@ -42,6 +43,7 @@ class Imagination:
 
     loss: torch.Tensor
     latents: torch.Tensor
+    actions: torch.Tensor
     rewards: torch.Tensor
     next_values: torch.Tensor
     dones: torch.Tensor
@@ -73,39 +75,63 @@ def imagine(
 
     With ``env`` (online), the real worlds step with the same actions; their transitions go to
     ``replay``, finished episodes are recorded on ``run``, and a world whose episode ends closes its
-    segment and restarts from the encoding of its new observation. Model and critic parameters
-    should have ``requires_grad=False`` here; gradients flow through their activations.
-    A multi-task model takes ``task`` ids ``(N,)``; ``act_mask`` ``(A,)`` zeroes the padded action
-    entries a task does not have (the reference leaves them to the actor, pwm.md §2.2).
+    segment (bootstrap 0 after a termination) and restarts from the encoding of its new observation.
+    Model and critic parameters should have ``requires_grad=False`` here; gradients flow through
+    their activations. A multi-task model takes ``task`` ids ``(N,)``; ``act_mask`` ``(A,)`` zeroes
+    the padded action entries a task does not have (the reference leaves them to the actor, pwm.md §2.2).
+
+    With ``cfg.dynamics == "simulator"`` the differentiable ``env`` replaces the model: rewards are
+    the env's (in the model's reward units), latents are the encodings of the real observations,
+    and the gradient flows through the simulator and the (frozen) encoder into the bootstrap.
+    With ``cfg.value_gradient`` False the bootstraps are constants for the actor (no gradient
+    through the critic); the actor then follows the H-step reward gradient alone.
     """
     n, h = z0.shape[0], cfg.horizon
     gamma = cfg.gamma
+    simulator = cfg.dynamics == "simulator"
+    value_grad = cfg.value_gradient
+    if simulator and (env is None or not env.differentiable):
+        raise ValueError("dynamics='simulator' needs the differentiable env (online mode)")
+    if simulator:
+        env.detach()  # the window's gradient starts at the worlds' current states
     z = z0
     rew_acc = torch.zeros(n, device=z0.device)
     disc = torch.ones(n, device=z0.device)
     loss = torch.zeros(n, device=z0.device)
-    zs, rs, vs, ds, cs = [], [], [], [], []
+    zs, acts, rs, vs, ds, cs = [], [], [], [], [], []
     steps = 0
     # a model with a termination head: weigh what follows by the predicted probability of being alive
     alive = torch.ones(n, device=z0.device)
-    term_aware = wm.term_head is not None
+    term_aware = wm.term_head is not None and not simulator
     symlog_space = cfg.reward_decode == "symlog"
     for t in range(h):
         a = actor(z.detach())
         if act_mask is not None:
             a = a * act_mask
-        r = wm.reward(z, a, task, symlog_space=symlog_space)
-        z_next = wm.next(z, a, task)
-        v_next = critics.min(z_next)
         last = t == h - 1
         done = torch.zeros(n, dtype=torch.bool, device=z0.device)
-        if env is not None:
-            with torch.no_grad():
-                next_obs, reward, terminated, truncated, info = env.step(a.detach())
+        if simulator:
+            next_obs, reward, terminated, truncated, info = env.step(a)
+            done = terminated | truncated
+            r = (reward - wm.reward_shift) / wm.reward_scale
+            z_next = wm.encode(next_obs, task)  # for finished worlds: their new episode's first state
+            v_next = critics.min(z_next if value_grad else z_next.detach())
+            if bool(done.any()):
+                z_final = wm.encode(info["final_obs"], task)
+                v_final = critics.min(z_final if value_grad else z_final.detach())
+                v_next = torch.where(done, v_final, v_next)
+        else:
+            r = wm.reward(z, a, task, symlog_space=symlog_space)
+            z_next = wm.next(z, a, task)
+            v_next = critics.min(z_next if value_grad else z_next.detach())
+            if env is not None:
+                with torch.no_grad():
+                    next_obs, reward, terminated, truncated, info = env.step(a.detach())
                 done = terminated | truncated
-                if replay is not None:
-                    real_next = torch.where(done.unsqueeze(-1), info["final_obs"], next_obs)
-                    replay.add(obs, a.detach(), reward, real_next, terminated, done)
+        if env is not None:
+            if replay is not None:
+                real_next = torch.where(done.unsqueeze(-1), info["final_obs"], next_obs).detach()
+                replay.add(obs.detach(), a.detach(), reward.detach(), real_next, terminated, done)
             steps += n
             if run is not None:
                 run.add_env_steps(n)
@@ -123,21 +149,26 @@ def imagine(
         seg = -(rew_acc + boot * v_next)
         loss = loss + torch.where(end, seg, torch.zeros_like(seg))
         zs.append(z.detach())
+        acts.append(a.detach())
         rs.append(r.detach())
         vs.append(v_next.detach())
         ds.append(end)
         disc = torch.where(done, torch.ones_like(disc), disc * gamma)
         alive = torch.where(done, torch.ones_like(alive), alive)
         rew_acc = torch.where(done, torch.zeros_like(rew_acc), rew_acc)
-        if bool(done.any()):
+        if bool(done.any()) and not simulator:
             with torch.no_grad():
                 z_new = wm.encode(obs, task)
             z = torch.where(done.unsqueeze(-1), z_new, z_next)
         else:
             z = z_next
+    if simulator:
+        obs = obs.detach()
+        env.detach()
     window = Imagination(
         loss,
         torch.stack(zs),
+        torch.stack(acts),
         torch.stack(rs),
         torch.stack(vs),
         torch.stack(ds),
@@ -194,6 +225,13 @@ def actor_critic_update(
 ) -> dict[str, Any]:
     """One actor step on ``window.loss`` (return-normalised, clipped) and the critic passes; returns metrics.
 
+    The actor loss adds ``action_bound_coef · mean(relu(|μ| - action_bound)²)`` over the window's
+    latents when that weight is positive. After the step the log std is clamped in place to at
+    least :data:`LOG_STD_MIN` (a clamp inside ``forward`` would leave it there with zero gradient).
+    Besides the losses, the metrics describe the actions: ``pwm/mu_abs`` (mean pre-tanh |μ|, and
+    per dimension ``pwm/mu_abs/<i>`` for up to 16 dimensions), ``pwm/mu_abs_max`` and
+    ``pwm/saturated``, the share of executed action entries with ``|a| > 0.99``.
+
     Raises:
         NonFiniteError: the actor's gradient norm is NaN or inf.
     """
@@ -202,13 +240,23 @@ def actor_critic_update(
         actor_loss = (window.loss / (ret_rms.var + 1e-5).sqrt().float()).mean()
     else:
         actor_loss = (window.loss / cfg.horizon).mean()
+    penalise = cfg.action_bound_coef > 0
+    with torch.set_grad_enabled(penalise):
+        mu = actor.mu(window.latents)  # (H, N, A) pre-tanh means at the window's latents
+    total = actor_loss
+    if penalise:
+        total = total + cfg.action_bound_coef * (mu.abs() - cfg.action_bound).clamp_min(0.0).square().mean()
     actor_opt.zero_grad(set_to_none=True)
-    actor_loss.backward()
+    total.backward()
     grad_norm = nn.utils.clip_grad_norm_(actor.parameters(), cfg.actor_grad_clip)
     if not torch.isfinite(grad_norm):
         raise NonFiniteError(f"PWM actor gradient norm is {float(grad_norm)}")
     actor_opt.step()
+    with torch.no_grad():
+        actor.log_std.clamp_(min=LOG_STD_MIN)
     critic_loss = train_critics(critics, critic_opt, window.latents, critic_targets(window, cfg), cfg)
+    mu_abs = mu.detach().abs().flatten(0, -2).mean(0)  # (A,)
+    per_dim = {f"pwm/mu_abs/{i}": v for i, v in enumerate(mu_abs.tolist())} if mu_abs.numel() <= 16 else {}
     return {
         "loss/actor": actor_loss.detach(),
         "loss/critic": critic_loss,
@@ -216,7 +264,11 @@ def actor_critic_update(
         "pwm/imagined_return": window.returns.mean(),
         "pwm/model_reward": window.rewards.mean(),
         "pwm/value": window.next_values.mean(),
-        "pwm/log_std": actor.log_std.detach().clamp_min(LOG_STD_MIN).mean(),
+        "pwm/log_std": actor.log_std.detach().mean(),
+        "pwm/mu_abs": mu_abs.mean(),
+        "pwm/mu_abs_max": mu_abs.max(),
+        **per_dim,
+        "pwm/saturated": (window.actions.abs() > 0.99).float().mean(),
     }
 
 

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from pwm_bench.nn import ln_mlp
-from pwm_bench.pwm.config import LOG_STD_MIN
 from pwm_bench.world_model import WorldModel
 
 log = logging.getLogger(__name__)
@@ -18,7 +17,8 @@ log = logging.getLogger(__name__)
 class LatentActor(nn.Module):
     """Gaussian ``N(μ(z), exp(log_std))`` on latents; the model and the env get ``tanh`` of a sample.
 
-    The log std is state-independent, clamped below at :data:`LOG_STD_MIN` on every forward pass.
+    The log std is a state-independent parameter; training clamps it in place to at least
+    :data:`LOG_STD_MIN` after every step (as the reference does), so it keeps its gradient.
     """
 
     def __init__(self, latent_dim: int, act_dim: int, hidden: Sequence[int], init_log_std: float = -1.0) -> None:
@@ -31,7 +31,7 @@ class LatentActor(nn.Module):
         mu = self.mu(z)
         if deterministic:
             return torch.tanh(mu)
-        return torch.tanh(mu + self.log_std.clamp_min(LOG_STD_MIN).exp() * torch.randn_like(mu))
+        return torch.tanh(mu + self.log_std.exp() * torch.randn_like(mu))
 
 
 class CriticEnsemble(nn.Module):

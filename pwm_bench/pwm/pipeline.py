@@ -74,6 +74,8 @@ def _pretrain_stage(cfg: PWMConfig, ctx: Any, data: str | Sequence[str]) -> Path
         lr=cfg.wm_lr,
         rho=cfg.wm_rho,
         consistency_coef=cfg.wm_consistency_coef,
+        reward_coef=cfg.wm_reward_coef,
+        reward_norm=cfg.wm_reward_norm,
         seed=ctx.seed,
         eval_every=max(1, min(1000, cfg.pretrain_steps // 5)),
     )
@@ -203,3 +205,21 @@ def _collect_stage(
     if result.status != "completed":
         raise UsageError(f"data collection {result.status} ({result.error or 'see ' + str(result.run_dir)})")
     return dataset
+
+
+def data_env_steps(dataset: str | Path) -> int:
+    """Env steps it cost to collect ``dataset``: the env steps of the runs that recorded it (from
+    their summaries), or its transition count where a run's summary is gone."""
+    from pwm_bench.datasets import read_manifest
+    from pwm_bench.store import read_summary
+
+    manifest = read_manifest(dataset)
+    total, known = 0, True
+    for source in manifest.get("sources") or []:
+        run = source.get("run")
+        steps = read_summary(run).get("env_steps") if run and Path(run).exists() else None
+        if steps is None:
+            known = False
+            break
+        total += int(steps)
+    return total if known and total else int(manifest["transitions"])

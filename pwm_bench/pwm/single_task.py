@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import torch
 from torch import nn
 
+from pwm_bench.datasets import EpisodeDataset
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError
 from pwm_bench.nn import RunningMeanStd
@@ -16,9 +18,123 @@ from pwm_bench.pwm.imagination import actor_critic_update, imagine, linear_lr
 from pwm_bench.pwm.networks import CriticEnsemble, LatentActor, PWMPolicy
 from pwm_bench.replay import WindowReplay
 from pwm_bench.run import Run
-from pwm_bench.world_model import world_model_loss
+from pwm_bench.world_model import WorldModel, world_model_loss
 
 log = logging.getLogger(__name__)
+
+
+def pwm_model_loss(
+    wm: WorldModel, cfg: PWMConfig, o: torch.Tensor, a: torch.Tensor, r: torch.Tensor, d: torch.Tensor
+) -> Any:
+    """The world-model loss of windows ``o (H+1, B, O)``, ``a (H, B, A)``, ``r, d (H, B)`` with PWM's weights."""
+    reward_coef = 1.0 / cfg.horizon if cfg.wm_reward_coef is None else cfg.wm_reward_coef
+    return world_model_loss(
+        wm, o, a, r, rho=cfg.wm_rho, consistency_coef=cfg.wm_consistency_coef, reward_coef=reward_coef, terminated=d
+    )
+
+
+def finetune_world_model(
+    wm: WorldModel,
+    optim: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    replay: WindowReplay,
+    dataset: EpisodeDataset | None,
+    cfg: PWMConfig,
+) -> dict[str, float]:
+    """``cfg.wm_iterations`` model steps on windows of the new real transitions, mixed with
+    ``finetune_offline_fraction`` of the pretraining ``dataset`` (when given); returns the mean losses.
+
+    The mix is a departure from the reference, which fine-tunes on the new data alone: a small,
+    narrow early replay made the model forget what it learned offline.
+    """
+    n_offline = round(cfg.wm_batch_size * cfg.finetune_offline_fraction) if dataset is not None else 0
+    for p in params:
+        p.requires_grad_(True)
+    wm.train()
+    cons = rew = 0.0
+    for _ in range(cfg.wm_iterations):
+        o, a, r, d = replay.sample(cfg.wm_batch_size - n_offline, cfg.horizon)
+        if n_offline:
+            b = dataset.sample(n_offline, cfg.horizon)
+            o, a, r = torch.cat([o, b.obs], 1), torch.cat([a, b.action], 1), torch.cat([r, b.reward], 1)
+            d = torch.cat([d, b.terminated.float()], 1)
+        losses = pwm_model_loss(wm, cfg, o, a, r, d)
+        optim.zero_grad(set_to_none=True)
+        losses.total.backward()
+        nn.utils.clip_grad_norm_(params, 20.0)
+        optim.step()
+        cons += float(losses.consistency)
+        rew += float(losses.reward)
+    wm.eval()
+    wm.requires_grad_(False)
+    return {"wm/consistency": cons / cfg.wm_iterations, "wm/reward": rew / cfg.wm_iterations}
+
+
+@torch.no_grad()
+def newest_data_losses(wm: WorldModel, replay: WindowReplay, cfg: PWMConfig) -> dict[str, float]:
+    """The model's losses on the newest window of every world, before it trains on them (``wm/newest_*``)."""
+    latest = replay.latest(cfg.horizon)
+    if latest is None:
+        return {}
+    losses = pwm_model_loss(wm, cfg, *latest)
+    return {"wm/newest_consistency": float(losses.consistency), "wm/newest_reward": float(losses.reward)}
+
+
+def actor_gradient_cosine(
+    env: VecEnv,
+    wm: WorldModel,
+    actor: LatentActor,
+    critics: CriticEnsemble,
+    obs: torch.Tensor,
+    cfg: PWMConfig,
+    seed: int,
+) -> float:
+    """Cosine between the actor-parameter gradients of the actor loss imagined through the model and
+    of the same loss rolled out through the differentiable ``env`` from its live states ``obs (N, O)``
+    (same critics, same exploration noise from ``seed``; the env and the global RNG are left as they were).
+
+    This is the direction the actor actually follows, bootstrap included; with
+    ``cfg.value_gradient = False`` it compares the H-step reward gradients alone.
+    """
+    from pwm_bench.diagnostics import probing
+
+    params = list(actor.parameters())
+    grads = []
+    for dynamics in ("model", "simulator"):
+        with torch.random.fork_rng(devices=[]), probing(env), torch.enable_grad():
+            torch.manual_seed(seed)
+            sub = dataclasses.replace(cfg, dynamics=dynamics)
+            sim = env if dynamics == "simulator" else None
+            window, _ = imagine(wm, actor, critics, wm.encode(obs), sub, env=sim, obs=obs)
+            grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(window.loss.mean(), params)]))
+    return float(nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
+
+
+def model_gradient_check(
+    env: VecEnv,
+    wm: WorldModel,
+    actor: LatentActor,
+    critics: CriticEnsemble,
+    obs: torch.Tensor,
+    cfg: PWMConfig,
+    seed: int,
+) -> dict[str, float]:
+    """How well the model's gradients match the simulator's from the live states (training env left as it was).
+
+    - ``pwm/grad_cosine``, ``pwm/grad_cosine_first``: cosine of the H-step imagined return's gradient
+      with respect to the deterministic policy's closed-loop actions (all, and the first only), model
+      against simulator (the cheap form of ``pwm-bench wm-check``);
+    - ``pwm/actor_grad_cosine``: :func:`actor_gradient_cosine`, the actor's own update direction.
+    """
+    from pwm_bench.diagnostics import model_gradient_alignment, policy_actions
+
+    actions = policy_actions(env, lambda o: actor(wm.encode(o), deterministic=True), obs, cfg.horizon)
+    summary = model_gradient_alignment(env, wm, obs, actions, cfg.gamma).summary()
+    out = {"pwm/grad_check_alive": summary["alive"]}
+    if "cosine" in summary:
+        out.update({"pwm/grad_cosine": summary["cosine"], "pwm/grad_cosine_first": summary["cosine_first"]})
+    out["pwm/actor_grad_cosine"] = actor_gradient_cosine(env, wm, actor, critics, obs, cfg, seed)
+    return out
 
 
 def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
@@ -34,13 +150,16 @@ def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
             f"world model {cfg.world_model} has obs/act sizes {wm.obs_dim}/{wm.act_dim}; "
             f"env has {env.obs_dim}/{env.act_dim}"
         )
+    online = cfg.mode == "online"
+    simulator = cfg.dynamics == "simulator"
+    if simulator and not env.differentiable:
+        raise UsageError(f"dynamics=simulator needs an env with simulator gradients; '{env.name}' has none")
     latent = wm.cfg.latent_dim
     actor = LatentActor(latent, env.act_dim, cfg.actor_hidden, cfg.init_log_std).to(device)
     critics = CriticEnsemble(latent, cfg.critic_hidden, cfg.num_critics).to(device)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
     critic_opt = torch.optim.Adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
-    online = cfg.mode == "online"
-    finetune = online and cfg.finetune_wm
+    finetune = online and cfg.finetune_wm and not simulator
     tuned = [p for n, p in wm.named_parameters() if cfg.finetune_encoder or not n.startswith("encoder.")]
     wm_opt = torch.optim.Adam(tuned, lr=cfg.wm_lr) if finetune else None
     ret_rms = RunningMeanStd(()).to(device)
@@ -49,6 +168,7 @@ def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
         if finetune
         else None
     )
+    grad_check = online and not simulator and cfg.grad_check_every > 0 and env.differentiable
     dataset = None
     if not online and cfg.dataset is None:
         raise UsageError("offline PWM needs a dataset for its start states")
@@ -56,9 +176,13 @@ def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
         from pwm_bench.datasets import EpisodeDataset
 
         dataset = EpisodeDataset(cfg.dataset, device=device)
-    n_offline = round(cfg.wm_batch_size * cfg.finetune_offline_fraction) if dataset is not None else 0
     policy = PWMPolicy(wm, actor)
     epoch = 0
+    if cfg.dataset is not None:
+        from pwm_bench.pwm.pipeline import data_env_steps
+
+        # what the pretraining data cost, to compare algorithms on env steps in all (summary.json)
+        run.extra_summary["data_env_steps"] = data_env_steps(cfg.dataset)
 
     state = run.restore()
     if state is not None:
@@ -89,13 +213,16 @@ def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
 
     obs = env.reset(seed=run.env_seed)[0] if online else None
     wm.eval()
+    wm.requires_grad_(False)
     while not run.done:
         frac = run.progress / run.budget
         linear_lr(actor_opt, cfg.actor_lr, cfg.lr_min, frac)
         linear_lr(critic_opt, cfg.critic_lr, cfg.lr_min, frac)
         if wm_opt is not None:
-            linear_lr(wm_opt, cfg.wm_lr, cfg.lr_min, frac)
-        wm.requires_grad_(False)
+            linear_lr(wm_opt, cfg.wm_lr, cfg.lr_min, frac if cfg.wm_lr_schedule == "linear" else 0.0)
+        extra: dict[str, float] = {}
+        if grad_check and epoch % cfg.grad_check_every == 0:
+            extra.update(model_gradient_check(env, wm, actor, critics, obs, cfg, seed=run.seed + epoch))
         critics.requires_grad_(False)
         if online:
             with torch.no_grad():
@@ -107,33 +234,11 @@ def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
             window, _ = imagine(wm, actor, critics, z0, cfg)
         critics.requires_grad_(True)
         metrics = actor_critic_update(window, actor, critics, actor_opt, critic_opt, ret_rms, cfg)
-
-        wm_metrics: dict[str, float] = {}
-        if finetune and replay is not None and len(replay) >= cfg.finetune_after and replay.can_sample(cfg.horizon):
-            # fine-tune on a mix of the pretraining data and the new real transitions, so a small,
-            # narrow replay does not make the model forget what it learned offline
-            for p in tuned:
-                p.requires_grad_(True)
-            wm.train()
-            cons = rew = 0.0
-            for _ in range(cfg.wm_iterations):
-                o, a, r, d = replay.sample(cfg.wm_batch_size - n_offline, cfg.horizon)
-                if n_offline:
-                    b = dataset.sample(n_offline, cfg.horizon)
-                    o, a, r = torch.cat([o, b.obs], 1), torch.cat([a, b.action], 1), torch.cat([r, b.reward], 1)
-                    d = torch.cat([d, b.terminated.float()], 1)
-                losses = world_model_loss(
-                    wm, o, a, r, rho=cfg.wm_rho, consistency_coef=cfg.wm_consistency_coef, terminated=d
-                )
-                wm_opt.zero_grad(set_to_none=True)
-                losses.total.backward()
-                nn.utils.clip_grad_norm_(tuned, 20.0)
-                wm_opt.step()
-                cons += float(losses.consistency)
-                rew += float(losses.reward)
-            wm.eval()
-            wm_metrics = {"wm/consistency": cons / cfg.wm_iterations, "wm/reward": rew / cfg.wm_iterations}
+        if replay is not None:
+            extra.update(newest_data_losses(wm, replay, cfg))
+            if len(replay) >= cfg.finetune_after and replay.can_sample(cfg.horizon):
+                extra.update(finetune_world_model(wm, wm_opt, tuned, replay, dataset, cfg))
         epoch += 1
-        run.log({**metrics, "pwm/epoch": epoch, **wm_metrics})
+        run.log({**metrics, "pwm/epoch": epoch, **extra})
         run.end_iteration(policy, state_fn)
     return policy
