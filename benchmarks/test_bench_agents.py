@@ -111,3 +111,65 @@ def test_pwm_act_latency(benchmark: Any, preset: str, batch: int) -> None:
     benchmark.extra_info.update(
         preset=preset, device=DEVICE, worlds=batch, ms_per_call=1000 * mean, ms_per_action=1000 * mean / batch
     )
+
+
+def _pwm_parts(preset: str) -> tuple[PWMConfig, WorldModel]:
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    cfg = PWMConfig.from_preset(preset, "hopper")
+    return cfg, WorldModel(OBS, ACT, cfg.world_model_config()).to(DEVICE)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_pwm_world_model_step(benchmark: Any, preset: str) -> None:
+    """One world-model gradient step (pretraining or fine-tuning): ``wm_batch_size`` windows of H + 1."""
+    from pwm_bench.pwm.single_task import pwm_model_loss
+
+    cfg, wm = _pwm_parts(preset)
+    h, b = cfg.horizon, cfg.wm_batch_size
+    obs = torch.randn(h + 1, b, OBS, device=DEVICE)
+    action = torch.rand(h, b, ACT, device=DEVICE) * 2 - 1
+    reward, term = torch.randn(h, b, device=DEVICE), torch.zeros(h, b, device=DEVICE)
+    optim = torch.optim.Adam(wm.parameters(), lr=cfg.wm_lr)
+
+    def step() -> None:
+        loss = pwm_model_loss(wm, cfg, obs, action, reward, term)
+        optim.zero_grad(set_to_none=True)
+        loss.total.backward()
+        optim.step()
+        _sync()
+
+    step()
+    benchmark.pedantic(step, rounds=10, iterations=1)
+    benchmark.extra_info.update(preset=preset, device=DEVICE, batch=b, steps_per_s=1 / benchmark.stats.stats.mean)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_pwm_actor_critic_epoch(benchmark: Any, preset: str) -> None:
+    """One policy epoch without the env: an H-step imagined window from ``num_envs`` latents, the
+    actor step through the model and the 8 × 4 critic steps."""
+    from pwm_bench.nn import RunningMeanStd
+    from pwm_bench.pwm import CriticEnsemble, actor_critic_update, imagine
+
+    cfg, wm = _pwm_parts(preset)
+    wm.requires_grad_(False)
+    latent = wm.cfg.latent_dim
+    actor = LatentActor(latent, ACT, cfg.actor_hidden).to(DEVICE)
+    critics = CriticEnsemble(latent, cfg.critic_hidden, cfg.num_critics).to(DEVICE)
+    opts = [torch.optim.Adam(m.parameters(), lr=5e-4, betas=cfg.betas) for m in (actor, critics)]
+    rms = RunningMeanStd(()).to(DEVICE)
+    z0 = wm.encode(torch.randn(cfg.num_envs, OBS, device=DEVICE))
+
+    def epoch() -> None:
+        critics.requires_grad_(False)
+        window, _ = imagine(wm, actor, critics, z0, cfg)
+        critics.requires_grad_(True)
+        actor_critic_update(window, actor, critics, *opts, rms, cfg)
+        _sync()
+
+    epoch()
+    benchmark.pedantic(epoch, rounds=5, iterations=1)
+    benchmark.extra_info.update(
+        preset=preset, device=DEVICE, worlds=cfg.num_envs, s_per_epoch=benchmark.stats.stats.mean
+    )
