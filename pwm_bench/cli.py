@@ -273,7 +273,7 @@ def collect(
     Giving the same dataset name again appends to it.
     """
     from pwm_bench.config import parse_set_options
-    from pwm_bench.datasets import EpisodeWriter, RecordingEnv, datasets_root
+    from pwm_bench.datasets import RecordingEnv, datasets_root
     from pwm_bench.envs import env_spec
     from pwm_bench.progress import LogReporter, RichReporter
     from pwm_bench.runner import RunRequest, execute
@@ -291,15 +291,8 @@ def collect(
             overrides["total_steps"] = steps
 
         def wrap(train_env, run_dir: Path):
-            writer = EpisodeWriter(
-                dataset,
-                env=env,
-                obs_dim=train_env.obs_dim,
-                act_dim=train_env.act_dim,
-                num_envs=train_env.num_envs,
-                source={"algo": algo, "preset": preset, "seed": seed, "run": str(run_dir)},
-            )
-            return RecordingEnv(train_env, writer)
+            source = {"algo": algo, "preset": preset, "seed": seed, "run": str(run_dir)}
+            return RecordingEnv.into(dataset, train_env, env, source)
 
         result = execute(
             RunRequest(

@@ -233,6 +233,15 @@ class RecordingEnv:
         self._env = env
         self._writer = writer
 
+    @classmethod
+    def into(cls, path: str | os.PathLike[str], env: Any, env_name: str, source: dict[str, Any]) -> RecordingEnv:
+        """Record ``env`` (registry name ``env_name``) into a new dataset at ``path``; ``source`` is
+        stored in its manifest (what produced the data)."""
+        writer = EpisodeWriter(
+            path, env=env_name, obs_dim=env.obs_dim, act_dim=env.act_dim, num_envs=env.num_envs, source=source
+        )
+        return cls(env, writer)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._env, name)
 

@@ -143,7 +143,7 @@ def _collect_stage(
     An env without simulator gradients is collected by SAC when ``collect_algo`` needs gradients.
     """
     from pwm_bench.algos import get_algorithm
-    from pwm_bench.datasets import EpisodeWriter, RecordingEnv, read_manifest
+    from pwm_bench.datasets import RecordingEnv, read_manifest
     from pwm_bench.envs import env_spec
     from pwm_bench.runner import RunRequest, execute
     from pwm_bench.store import env_dirname, read_summary
@@ -169,21 +169,14 @@ def _collect_stage(
         return dataset
 
     def wrap(train_env: Any, rdir: Path) -> Any:
-        writer = EpisodeWriter(
-            dataset,
-            env=env,
-            obs_dim=train_env.obs_dim,
-            act_dim=train_env.act_dim,
-            num_envs=train_env.num_envs,
-            source={
-                "algo": algo,
-                "preset": cfg.collect_preset,
-                "seed": ctx.seed,
-                "run": str(rdir),
-                "env_overrides": {k: str(v) for k, v in env_overrides.items()},
-            },
-        )
-        return RecordingEnv(train_env, writer)
+        source = {
+            "algo": algo,
+            "preset": cfg.collect_preset,
+            "seed": ctx.seed,
+            "run": str(rdir),
+            "env_overrides": {k: str(v) for k, v in env_overrides.items()},
+        }
+        return RecordingEnv.into(dataset, train_env, env, source)
 
     log.info("dataset: training %s (%s preset) and recording its rollouts into %s", algo, cfg.collect_preset, dataset)
     if run_dir.exists():
