@@ -247,7 +247,7 @@ def pretrain_world_model(
                 model.train()
                 loss = _losses(model, train, cfg, gen)
                 if not torch.isfinite(loss.total):
-                    raise NonFiniteError(f"world-model loss is {float(loss.total)} at step {step}")
+                    raise NonFiniteError(f"world-model loss is {float(loss.total.detach())} at step {step}")
                 optim.zero_grad(set_to_none=True)
                 loss.total.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
