@@ -179,7 +179,7 @@ def compare(
     """
     from rich.table import Table
 
-    from pwm_bench.compare import run_grid, summarize
+    from pwm_bench.compare import GridInterrupted, run_grid, summarize
     from pwm_bench.config import parse_set_options
     from pwm_bench.progress import LogReporter, RichReporter
     from pwm_bench.runner import resolve_device
@@ -207,8 +207,14 @@ def compare(
             jobs=jobs,
             reporter_factory=RichReporter if fancy else LogReporter,
         )
+        interrupted = False
     except UsageError as exc:
         raise _fail(str(exc)) from None
+    except GridInterrupted as exc:
+        cells, interrupted = exc.cells, True
+        logging.getLogger("pwm_bench.compare").warning(
+            "compare interrupted; the same command finishes it (completed runs are reused, interrupted ones resumed)"
+        )
     df = summarize(cells, at_steps)
     if csv is not None:
         atomic_write_text(csv, df.to_csv(index=False))
@@ -246,6 +252,8 @@ def compare(
     _console().print(table)
     if csv is not None:
         typer.echo(f"wrote {csv}")
+    if interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 @app.command(

@@ -5,7 +5,9 @@ Every cell is an ordinary run in the results store, with a run id derived from t
 picks up where it stopped when the same command is given again: completed cells are reused,
 interrupted or dead ones are resumed from their latest checkpoint, missing ones are started.
 Cells run one after another by default; ``jobs > 1`` runs that many at once in subprocesses, each
-limited to ``cpu_count // jobs`` torch threads.
+limited to ``cpu_count // jobs`` torch threads. A stop request (SIGINT or SIGTERM) stops the whole
+grid, not just the cell it lands in: running cells save a checkpoint and stop, no further cell starts,
+and :func:`run_grid` raises :class:`GridInterrupted`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +29,7 @@ from typing import Any
 from pwm_bench.algos import get_algorithm
 from pwm_bench.config import PRESETS
 from pwm_bench.envs import env_spec
-from pwm_bench.errors import UsageError, unknown_choice
+from pwm_bench.errors import PwmBenchError, UsageError, unknown_choice
 from pwm_bench.store import env_dirname, read_summary
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,18 @@ def plan(
     ]
 
 
+INTERRUPTED_EXIT_CODE = 130
+"""Exit code of a ``pwm-bench run`` that stopped on a signal after saving its state."""
+
+
+class GridInterrupted(PwmBenchError):
+    """A stop request ended :func:`run_grid` early; ``cells`` is the whole grid (some not completed)."""
+
+    def __init__(self, cells: list[Cell]) -> None:
+        super().__init__("compare interrupted")
+        self.cells = cells
+
+
 def _cell_args(cell: Cell, env: str, preset: str, device: str, overrides: Mapping[str, Any], out: Path) -> list[str]:
     status = read_summary(cell.run_dir).get("status") if cell.run_dir.exists() else None
     if status is not None:
@@ -126,7 +142,7 @@ def run_grid(
             log.info("[%d/%d] %s seed %d", i, len(todo), cell.algo, cell.seed)
             reporter = reporter_factory() if reporter_factory is not None else None
             if cell.run_dir.exists():
-                execute(RunRequest(resume=cell.run_dir, device=device, reporter=reporter))
+                req = RunRequest(resume=cell.run_dir, device=device, reporter=reporter)
             else:
                 req = RunRequest(
                     algo=cell.algo,
@@ -139,25 +155,61 @@ def run_grid(
                     run_id=cell.run_dir.name,
                     reporter=reporter,
                 )
-                execute(req)
+            if execute(req).status == "interrupted":
+                raise GridInterrupted(cells)
         return cells
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    stop = threading.Event()
+    live: set[subprocess.Popen[str]] = set()
+    lock = threading.Lock()
 
-    def launch(cell: Cell) -> int:
+    def launch(cell: Cell) -> None:
         args = [sys.executable, "-m", "pwm_bench", *_cell_args(cell, env, preset, device, overrides, out)]
         args += ["--quiet", "--threads", str(threads)]
-        log.info("start %s seed %d", cell.algo, cell.seed)
-        proc = subprocess.run(args, capture_output=True, text=True)
+        with lock:
+            if stop.is_set():
+                return
+            log.info("start %s seed %d", cell.algo, cell.seed)
+            # a session of its own: a Ctrl-C at the terminal reaches the grid only, which passes it on once
+            proc = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
+            live.add(proc)
+        stdout, stderr = proc.communicate()
+        with lock:
+            live.discard(proc)
         if proc.returncode == 0:
-            log.info("%s seed %d: %s", cell.algo, cell.seed, (proc.stdout.strip().splitlines() or ["?"])[-1])
-        else:
-            tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
-            log.warning("%s seed %d exited with code %d: %s", cell.algo, cell.seed, proc.returncode, tail)
-        return proc.returncode
+            log.info("%s seed %d: %s", cell.algo, cell.seed, (stdout.strip().splitlines() or ["?"])[-1])
+            return
+        if proc.returncode == INTERRUPTED_EXIT_CODE:
+            stop.set()
+        tail = (stderr.strip().splitlines() or stdout.strip().splitlines() or ["no output"])[-1]
+        log.warning("%s seed %d exited with code %d: %s", cell.algo, cell.seed, proc.returncode, tail)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(launch, todo))
+    def on_signal(signum: int, frame: Any) -> None:
+        again = stop.is_set()
+        stop.set()
+        log.warning(
+            "%s received: %s",
+            signal.Signals(signum).name,
+            "aborting the running cells" if again else "running cells save a checkpoint and stop; no more start",
+        )
+        with lock:
+            for proc in live:
+                proc.send_signal(signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled} if in_main else {}
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(launch, todo))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop.is_set():
+        raise GridInterrupted(cells)
     return cells
 
 

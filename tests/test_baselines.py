@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -11,6 +15,7 @@ import torch
 from pwm_bench.baselines.shac import Critic, StochasticActor, actor_window, td_lambda_targets
 from pwm_bench.envs import make_env
 from pwm_bench.runner import RunRequest, execute
+from pwm_bench.store import read_summary
 from pwm_bench.testing import fd_gradient_check
 
 from .conftest import run_inprocess
@@ -180,6 +185,98 @@ def test_compare_runs_the_grid_and_reuses_completed_runs(out: Path) -> None:
     again = run_grid("pointmass", ["ppo", "shac"], [0, 1], preset="smoke", overrides=overrides, out=out)
     assert again == cells
     assert all((c.run_dir / "summary.json").stat().st_mtime_ns == mtimes[c.run_dir] for c in cells)
+
+
+def test_a_stop_request_stops_the_whole_grid_and_the_same_call_finishes_it(out: Path) -> None:
+    import signal
+
+    from pwm_bench.compare import GridInterrupted, run_grid
+
+    overrides = {"total_steps": "1024", "eval_every": "512"}
+    with pytest.raises(GridInterrupted) as exc:
+        run_grid(
+            "pointmass",
+            ["ppo"],
+            [0, 1],
+            preset="smoke",
+            overrides=overrides,
+            out=out,
+            reporter_factory=lambda: SignalAt(512, signal.SIGTERM),
+        )
+    first, second = exc.value.cells
+    assert read_summary(first.run_dir)["status"] == "interrupted"
+    assert not second.run_dir.exists()  # the next cell never started
+    cells = run_grid("pointmass", ["ppo"], [0, 1], preset="smoke", overrides=overrides, out=out)
+    summaries = [read_summary(c.run_dir) for c in cells]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert summaries[0]["resumes"] == 1 and summaries[1]["resumes"] == 0
+
+
+class _FakeCell:
+    """Stands in for a ``pwm-bench run`` subprocess of :func:`run_grid` (records launches and signals)."""
+
+    launched: ClassVar[list[_FakeCell]] = []
+    interrupt_first: ClassVar[bool] = False
+
+    def __init__(self, args: list[str], **kwargs: object) -> None:
+        assert kwargs.get("start_new_session"), "cells must not receive the terminal's Ctrl-C themselves"
+        self.signals: list[int] = []
+        self.returncode: int | None = None
+        self.first = not _FakeCell.launched
+        self._signalled = threading.Event()
+        _FakeCell.launched.append(self)
+
+    def communicate(self) -> tuple[str, str]:
+        if _FakeCell.interrupt_first and self.first:
+            time.sleep(0.2)
+            self.returncode = 130  # stopped on its own (killed by someone): the grid must stop too
+        elif _FakeCell.interrupt_first:
+            time.sleep(0.6)
+            self.returncode = 0
+        else:
+            assert self._signalled.wait(10.0)
+            self.returncode = 130
+        return "", "run interrupted"
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        self._signalled.set()
+
+
+@pytest.mark.parametrize("how", ["a cell stops", "the grid gets SIGINT"])
+def test_parallel_grid_stops_on_a_stop_request(out: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    import signal
+
+    import pwm_bench.compare as compare
+
+    monkeypatch.setattr(_FakeCell, "launched", [])
+    monkeypatch.setattr(_FakeCell, "interrupt_first", how == "a cell stops")
+    monkeypatch.setattr(compare.subprocess, "Popen", _FakeCell)
+    before = signal.getsignal(signal.SIGINT)
+    if how == "the grid gets SIGINT":
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(compare.GridInterrupted):
+        compare.run_grid("pointmass", ["ppo", "sac"], [0, 1], preset="smoke", out=out, jobs=2)
+    assert len(_FakeCell.launched) == 2  # two of the four cells ran at once; the other two never started
+    if how == "the grid gets SIGINT":
+        assert [c.signals for c in _FakeCell.launched] == [[signal.SIGINT], [signal.SIGINT]]  # passed on once
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_compare_cli_exits_130_with_the_partial_table(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import pwm_bench.compare as compare
+    from pwm_bench.cli import app
+
+    def interrupted(env: str, algos: list[str], seeds: list[int], **kwargs: object) -> None:
+        raise compare.GridInterrupted(compare.plan(env, algos, seeds, "smoke", {}, out))
+
+    monkeypatch.setattr(compare, "run_grid", interrupted)
+    args = ["compare", "--env", "pointmass", "--algos", "ppo", "--seeds", "2", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 130, res.output
+    assert "0/2" in res.output
 
 
 def test_compare_cli_rejects_bad_input() -> None:
