@@ -119,6 +119,9 @@ def run(
     except UsageError as exc:
         reporter.stop()
         raise _fail(str(exc)) from None
+    if result.status == "interrupted" and not result.run_dir.exists():
+        typer.echo(f"interrupted before training started: {result.error}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     s = result.summary
 
     def fmt(v: float | None) -> str:

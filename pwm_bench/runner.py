@@ -188,6 +188,20 @@ def _stop_on_signals(run: Run) -> Iterator[None]:
             signal.signal(sig, prev)
 
 
+@contextmanager
+def _interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, so a stage that saves its state on Ctrl-C
+    (pretraining) does so on ``kill`` too; runs started inside install their own handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def execute(req: RunRequest) -> RunResult:
     """Run (or resume) one training run and record it in the results store.
 
@@ -212,7 +226,13 @@ def execute(req: RunRequest) -> RunResult:
             out=Path(req.out),
             reporter=reporter,
         )
-        cfg = algo.prepare(cfg, ctx)
+        try:
+            with _interrupt_on_sigterm():
+                cfg = algo.prepare(cfg, ctx)
+        except (KeyboardInterrupt, RunInterrupted) as exc:
+            error = "interrupted while preparing the run (its data or model); give the same command again"
+            log.warning("%s%s", error, f" ({exc})" if str(exc) else "")
+            return RunResult(run_dir=run_dir, status="interrupted", summary={}, error=error)
         cfg.validate()
         record["algo_config"] = to_dict(cfg)
     seed_everything(seed)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +15,13 @@ import pytest
 import torch
 
 from pwm_bench.config import apply_overrides
+from pwm_bench.progress import Reporter
 from pwm_bench.pwm import CriticEnsemble, LatentActor, PWMConfig, critic_targets, imagine
 from pwm_bench.testing import fd_gradient_check
 from pwm_bench.world_model import WorldModel, model_config
 
 from .conftest import cli, run_inprocess
+from .test_run import SignalAt
 
 SMALL_WM = {"latent_dim": 16, "enc_hidden": (32,), "mlp_hidden": (32, 32)}
 
@@ -241,6 +247,44 @@ PIPELINE = {
     "total_steps": "1024",
     "eval_every": "512",
 }
+
+
+class _SignalInPhase(Reporter):
+    """Sends ``sig`` to this process once a secondary phase (pretraining) has advanced ``at`` steps."""
+
+    def __init__(self, at: int, sig: int) -> None:
+        self.at, self.sig = at, sig
+
+    @contextmanager
+    def phase(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            if done[0] == self.at:
+                os.kill(os.getpid(), self.sig)
+
+        yield advance
+
+
+@pytest.mark.parametrize("stage", ["data collection", "pretraining"])
+def test_a_pipeline_stopped_while_preparing_continues_with_the_same_command(out: Path, stage: str) -> None:
+    reporter = SignalAt(1, signal.SIGTERM) if stage == "data collection" else _SignalInPhase(40, signal.SIGTERM)
+    first = run_inprocess(out, algo="pwm", run_id="a", overrides=PIPELINE, reporter=reporter)
+    assert first.status == "interrupted" and "same command" in (first.error or "")
+    assert not first.run_dir.exists()  # the PWM run itself had not started
+    (collect_run,) = (out / "runs" / "pointmass" / "shac").iterdir()
+    models = list((out / "world_models").iterdir()) if (out / "world_models").exists() else []
+    if stage == "pretraining":  # it saved its state on the way out
+        assert len(models) == 1 and json.loads((models[0] / "summary.json").read_text())["status"] == "interrupted"
+
+    again = run_inprocess(out, algo="pwm", run_id="a", overrides=PIPELINE)
+    assert again.status == "completed"
+    collected = json.loads((collect_run / "summary.json").read_text())
+    assert collected["status"] == "completed" and collected["resumes"] == int(stage == "data collection")
+    (model,) = (out / "world_models").iterdir()
+    assert stage == "data collection" or model == models[0]  # pretraining continued in its own folder
+    assert json.loads((model / "summary.json").read_text())["status"] == "completed"
 
 
 def test_pipeline_collects_pretrains_trains_and_caches_each_stage(out: Path) -> None:

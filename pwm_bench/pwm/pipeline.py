@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pwm_bench.config import to_dict
-from pwm_bench.errors import UsageError
+from pwm_bench.errors import RunInterrupted, UsageError
 from pwm_bench.pwm.config import PWMConfig
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,8 @@ def _collect_stage(
             wrap_env=wrap,
         )
     result = execute(req)
+    if result.status == "interrupted":
+        raise RunInterrupted(f"data collection stopped at its checkpoint in {result.run_dir}")
     if result.status != "completed":
         raise UsageError(f"data collection {result.status} ({result.error or 'see ' + str(result.run_dir)})")
     return dataset
