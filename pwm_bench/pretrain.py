@@ -66,6 +66,8 @@ class PretrainConfig:
     (a positive rescaling: every policy keeps its rank, and termination, which ends the return at
     0, keeps its meaning); 'standard' subtracts the mean, divides by the std and clamps to ±5 (the
     reference's normaliser); 'none' keeps env units."""
+    reward_clip: float | None = None
+    """Clamp of the reward units (±reward_clip); None: ±5 for 'standard', no clamp otherwise."""
     holdout: float = 0.05
     """Fraction of episodes held out for evaluation."""
     eval_every: int = 1_000
@@ -82,6 +84,8 @@ class PretrainConfig:
     def validate(self) -> None:
         if self.reward_norm not in ("scale", "standard", "none"):
             raise unknown_choice("pretraining reward_norm", self.reward_norm, ["scale", "standard", "none"])
+        if self.reward_clip is not None and not self.reward_clip > 0:
+            raise UsageError(f"pretraining 'reward_clip' must be positive, got {self.reward_clip}")
         for name in ("steps", "batch_size", "horizon", "lr", "grad_clip", "eval_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"pretraining '{name}' must be positive, got {getattr(self, name)}")
@@ -105,12 +109,18 @@ def _losses(model: WorldModel, ds: EpisodeDataset | MultiTaskDataset, cfg: Pretr
     )
 
 
-def reward_stats(ds: EpisodeDataset | MultiTaskDataset, norm: str) -> tuple[float, float, float]:
+def reward_stats(
+    ds: EpisodeDataset | MultiTaskDataset, norm: str, clip: float | None = None
+) -> tuple[float, float, float]:
     """``(shift, scale, clip)`` of the reward units for ``norm`` ('scale', 'standard' or 'none') over ``ds``'s rewards.
 
-    'standard' clamps to ±5 (PWM's reference); the others do not clamp, which would flatten the
-    reward where it lies beyond the clip (a point mass far from its goal, a hopper falling).
+    Unless ``clip`` is given, 'standard' clamps to ±5 (PWM's reference) and the others do not clamp,
+    which would flatten the reward where it lies beyond the clip (a point mass far from its goal, a
+    hopper falling).
     """
+    if clip is not None:
+        shift, scale, _ = reward_stats(ds, norm)
+        return shift, scale, float(clip)
     if norm == "none":
         return 0.0, 1.0, math.inf
     parts = ds.parts if isinstance(ds, MultiTaskDataset) else [ds]
@@ -175,7 +185,7 @@ def pretrain_world_model(
         )
     torch.manual_seed(cfg.seed)
     model = WorldModel(ds.manifest["obs_dim"], ds.manifest["act_dim"], wm_cfg).to(device)
-    model.set_reward_stats(*reward_stats(train, cfg.reward_norm))
+    model.set_reward_stats(*reward_stats(train, cfg.reward_norm, cfg.reward_clip))
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     eval_gen_seed = cfg.seed + 1

@@ -369,6 +369,7 @@ PWM_POINTMASS = {
     "collect_steps": "65536",
     "pretrain_steps": "4000",
     "wm_reward_norm": "none",
+    "wm_reward_clip": "5.0",
     "wm_reward_coef": "1.0",
     "wm_latent_dim": "64",
     "wm_mlp_dim": "128",

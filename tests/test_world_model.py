@@ -221,6 +221,7 @@ def test_reward_units_come_from_the_training_data() -> None:
     assert reward_stats(data, "scale") == pytest.approx((0.0, std, math.inf))  # type: ignore[arg-type]
     assert reward_stats(data, "standard") == pytest.approx((4.0, std, 5.0))  # type: ignore[arg-type]
     assert reward_stats(data, "none") == (0.0, 1.0, math.inf)  # type: ignore[arg-type]
+    assert reward_stats(data, "none", 5.0) == (0.0, 1.0, 5.0)  # type: ignore[arg-type]
     m = WorldModel(3, 2, model_config("pwm", latent_dim=8, enc_hidden=(8,), mlp_hidden=(8,)))
     m.set_reward_stats(1.0, 2.0)  # a positive rescaling: nothing is clamped
     r = torch.tensor([-100.0, 0.0, 3.0])

@@ -128,6 +128,8 @@ class PWMConfig(TrainConfig):
     """Reward units of the pretrained model (see PretrainConfig.reward_norm): 'scale' divides by the
     data's std, 'standard' also centres (the reference; then staying alive is worth about as much as
     falling), 'none' keeps env units."""
+    wm_reward_clip: float | None = None
+    """Clamp of the model's reward units (PretrainConfig.reward_clip); None: ±5 for 'standard' only."""
     finetune_wm: bool = True
     """Online: fine-tune the model on the collected data."""
     wm_iterations: int = 8
@@ -246,6 +248,8 @@ class PWMConfig(TrainConfig):
         ):
             if getattr(self, name) <= 0:
                 raise UsageError(f"config '{name}' must be positive, got {getattr(self, name)}")
+        if self.wm_reward_clip is not None and not self.wm_reward_clip > 0:
+            raise UsageError(f"config 'wm_reward_clip' must be positive, got {self.wm_reward_clip}")
         if self.wm_size not in MODEL_SIZES:
             raise unknown_choice("world-model size", self.wm_size, list(MODEL_SIZES))
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:

@@ -76,6 +76,7 @@ def _pretrain_stage(cfg: PWMConfig, ctx: Any, data: str | Sequence[str]) -> Path
         consistency_coef=cfg.wm_consistency_coef,
         reward_coef=cfg.wm_reward_coef,
         reward_norm=cfg.wm_reward_norm,
+        reward_clip=cfg.wm_reward_clip,
         seed=ctx.seed,
         eval_every=max(1, min(1000, cfg.pretrain_steps // 5)),
     )
