@@ -360,11 +360,11 @@ def test_bad_artefact_names_are_a_one_line_usage_error(out: Path) -> None:
 
 # point-mass pipeline that learns (zero actions score about -310, uniform random actions about
 # -430): SHAC data, a world model good enough to rank actions (about 4k pretraining steps), then
-# online PWM. Measured with seed 0 (final evaluation): -142 with these settings; -432 with the
-# default reward units (rewards / std) and the reference's 1/H reward weight, -528 without the ±5σ
-# clamp; with fine-tuning on, -369 (default units, clamp), -427 (default), -305 (no termination at
-# the disc's edge), -624 (env units, full weight). On the point mass the reward term needs its full
-# weight in env units within 4k steps, and fine-tuning on the policy's own data has not helped yet.
+# online PWM. Measured with seed 0: evaluations -215, -142, -146, -132, -174 with these settings
+# (env-unit rewards clamped at ±5, full reward weight, no fine-tuning); -456 to -482 without the
+# clamp. With the clamp in σ units: -376, and -432 with the reference's 1/H reward weight too; with
+# fine-tuning on, -305 to -624 in every variant tried. The clamp flattens the reward far from the
+# goal, where the unclamped model's errors are largest.
 PWM_POINTMASS = {
     "collect_steps": "65536",
     "pretrain_steps": "4000",
