@@ -1,5 +1,5 @@
-"""The ``pwm-bench`` command line: run, compare, collect, datasets, pretrain-wm, list, results, show,
-bench-env.
+"""The ``pwm-bench`` command line: run, compare, sweep, plot, collect, datasets, pretrain-wm, wm-check,
+list, results, show, bench-env.
 
 Bad input (unknown names, bad ``--set`` values, missing CUDA) prints one line naming the valid
 choices and exits with code 2. ``run`` exits 0 when the run completed, 1 when it failed (NaN/inf)
@@ -146,6 +146,187 @@ def run(
     if result.status == "interrupted":
         typer.echo(f"resume with: pwm-bench run --resume {result.run_dir}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _split_names(text: str | None) -> list[str] | None:
+    return [a.strip() for a in text.split(",") if a.strip()] if text else None
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pwm-bench sweep single-task --scale smoke\n\n"
+        "  pwm-bench sweep single-task --scale cpu --envs hopper,ant --jobs 2\n\n"
+        "  pwm-bench sweep single-task --scale smoke --algos myalgo,shac,pwm --envs hopper\n\n"
+        "  pwm-bench sweep single-task --scale cpu --launcher ray --ray-address auto --out /shared/results"
+    )
+)
+def sweep(
+    experiment: Annotated[str, typer.Argument(help="Experiment name (see `pwm-bench list`).")],
+    scale: Annotated[str, typer.Option(help="smoke | cpu | paper (those the experiment defines).")] = "cpu",
+    algos: Annotated[
+        str | None, typer.Option(help="Comma-separated algorithms instead of the experiment's (any registered one).")
+    ] = None,
+    envs: Annotated[str | None, typer.Option(help="Comma-separated env columns instead of the scale's.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds 0..N-1 instead of the scale's count.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override for every run, key=value (repeatable).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Results root (for Ray: a path every node sees).")] = Path("results"),
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    launcher: Annotated[str, typer.Option(help="local | ray.")] = "local",
+    jobs: Annotated[int, typer.Option(help="Local launcher: cells at once (subprocesses); 1 runs them here.")] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch threads per cell [default: local cpu_count // jobs, ray 1].")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (auto, ray://host:10001) [default: a local instance].")
+    ] = None,
+    gpus_per_cell: Annotated[float, typer.Option(help="Ray launcher: GPUs each cell asks for.")] = 0.0,
+    retry_failed: Annotated[bool, typer.Option(help="Also rerun cells whose run failed earlier.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="List the cells and their state; run nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of progress bars.")] = False,
+) -> None:
+    """Run every missing cell of an experiment into the results store.
+
+    Completed cells are reused, interrupted or dead ones resumed from their latest checkpoint,
+    missing ones started; a failed cell is reported and the sweep goes on (and is left alone by
+    later sweeps unless --retry-failed). Ctrl-C stops the whole sweep: running cells save a
+    checkpoint, and the same command continues it. Then `pwm-bench plot EXPERIMENT --scale S`.
+    """
+    from pwm_bench.analysis.experiments import get_experiment, select
+    from pwm_bench.analysis.sweep import GridInterrupted, SweepMonitor, cell_status, run_cells
+    from pwm_bench.config import parse_set_options
+    from pwm_bench.progress import LogReporter, RichReporter
+    from pwm_bench.runner import resolve_device
+
+    fancy = sys.stdout.isatty() and not quiet
+    _setup_logging(fancy)
+    try:
+        if launcher not in ("local", "ray"):
+            raise UsageError(f"unknown launcher '{launcher}'; valid choices: local, ray")
+        if jobs <= 0:
+            raise UsageError(f"--jobs must be positive, got {jobs}")
+        if threads is not None and threads <= 0:
+            raise UsageError(f"--threads must be positive, got {threads}")
+        if launcher == "local":
+            resolve_device(device)
+        from pwm_bench.analysis.aggregate import selection_cells
+
+        sel = select(
+            get_experiment(experiment),
+            scale,
+            algos=_split_names(algos),
+            envs=_split_names(envs),
+            seeds=seeds,
+            overrides=parse_set_options(set_ or []),
+        )
+        cells = selection_cells(sel, out)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    states = [cell_status(c) for c in cells]
+    typer.echo(
+        f"{experiment} at scale {scale} (preset {sel.preset}): {len(cells)} cells = {len(sel.algos)} algos x "
+        f"{len(sel.envs)} envs x {len(sel.seeds)} seeds; "
+        + ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+    )
+    if dry_run:
+        for c, st in zip(cells, states, strict=True):
+            typer.echo(f"  {st:<11} {c.algo:<8} {c.env_label:<16} seed {c.seed}  {c.run_dir}")
+        return
+    parallel = jobs if launcher == "local" else max(1, len(cells))
+    display = "bar" if fancy and (launcher == "ray" or jobs > 1) else "log"
+    monitor = SweepMonitor(len(cells), states.count("completed"), parallel, display)
+    try:
+        if launcher == "local":
+            run_cells(
+                cells,
+                device=device,
+                out=out,
+                jobs=jobs,
+                threads=threads,
+                reporter_factory=RichReporter if fancy else LogReporter,
+                monitor=monitor,
+                retry_failed=retry_failed,
+            )
+        else:
+            from pwm_bench.analysis.ray_launcher import run_cells_ray
+
+            run_cells_ray(
+                cells,
+                device=device,
+                out=out,
+                threads=threads or 1,
+                gpus_per_cell=gpus_per_cell,
+                address=ray_address,
+                monitor=monitor,
+                retry_failed=retry_failed,
+            )
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    except GridInterrupted:
+        typer.echo("sweep interrupted; the same command continues it", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    states = [cell_status(c) for c in cells]
+    typer.echo(
+        f"{experiment} ({scale}): "
+        + ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+        + f"; next: pwm-bench plot {experiment} --scale {scale} --out {out}"
+    )
+    if states.count("failed"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  pwm-bench plot single-task --scale smoke\n\n"
+        "  pwm-bench plot single-task --scale cpu --envs hopper,ant\n\n"
+        "  pwm-bench plot single-task --scale smoke --algos myalgo,shac,pwm --envs hopper"
+    )
+)
+def plot(
+    experiment: Annotated[str, typer.Argument(help="Experiment name (see `pwm-bench list`).")],
+    scale: Annotated[str, typer.Option(help="smoke | cpu | paper.")] = "cpu",
+    algos: Annotated[str | None, typer.Option(help="Comma-separated algorithms instead of the experiment's.")] = None,
+    envs: Annotated[str | None, typer.Option(help="Comma-separated env columns instead of the scale's.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds 0..N-1 instead of the scale's count.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="The sweep's overrides, key=value (repeatable).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Results root; figures go to OUT/figures/<experiment>.")] = Path("results"),
+    reps: Annotated[int, typer.Option(help="Bootstrap replications of the CIs.")] = 2000,
+) -> None:
+    """Figures (PNG and PDF), a table (CSV and Markdown) and a manifest of an experiment, from the store.
+
+    Reads only completed runs; warns about missing cells, unfinished runs, fewer seeds than asked
+    and runs with identical evaluation series.
+    """
+    from pwm_bench.analysis.experiments import get_experiment, select
+    from pwm_bench.analysis.figures import plot_experiment
+    from pwm_bench.config import parse_set_options
+
+    _setup_logging(False)
+    try:
+        if reps <= 0:
+            raise UsageError(f"--reps must be positive, got {reps}")
+        sel = select(
+            get_experiment(experiment),
+            scale,
+            algos=_split_names(algos),
+            envs=_split_names(envs),
+            seeds=seeds,
+            overrides=parse_set_options(set_ or []),
+        )
+        result = plot_experiment(sel, out, reps)
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    if result.table is not None:
+        cols = ["env", "algo", "seeds", "final_iqm", "best_iqm", "best_norm_sweep", "best_norm_published"]
+        typer.echo(result.table[cols].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    typer.echo(f"{len(result.warnings)} warning(s); wrote {len(result.files)} files to {result.folder}")
+    if result.table is None:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command(
@@ -493,7 +674,7 @@ def list_(
     preset: Annotated[str, typer.Option(help="Preset whose values --algo shows.")] = "cpu",
     env: Annotated[str, typer.Option(help="Env whose preset values --algo shows.")] = "gym:Pendulum-v1",
 ) -> None:
-    """List environments, algorithms and presets (or one algorithm's config with --algo)."""
+    """List environments, algorithms, presets and experiments (or one algorithm's config with --algo)."""
     from rich.table import Table
 
     from pwm_bench.algos import algorithm_names, get_algorithm
@@ -532,6 +713,11 @@ def list_(
             table.add_row("algo", name, spec.description + needs)
         for name, text in PRESET_HELP.items():
             table.add_row("preset", name, text)
+        from pwm_bench.analysis.experiments import experiments
+
+        for name, exp in sorted(experiments().items()):
+            scales = ", ".join(f"{k} ({v.seeds} seeds)" for k, v in exp.scales.items())
+            table.add_row("experiment", name, f"{exp.description}; scales: {scales}")
         console.print(table)
     except UsageError as exc:
         raise _fail(str(exc)) from None

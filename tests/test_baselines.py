@@ -247,11 +247,12 @@ class _FakeCell:
 def test_parallel_grid_stops_on_a_stop_request(out: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     import signal
 
+    import pwm_bench.analysis.sweep as sweep
     import pwm_bench.compare as compare
 
     monkeypatch.setattr(_FakeCell, "launched", [])
     monkeypatch.setattr(_FakeCell, "interrupt_first", how == "a cell stops")
-    monkeypatch.setattr(compare.subprocess, "Popen", _FakeCell)
+    monkeypatch.setattr(sweep.subprocess, "Popen", _FakeCell)
     before = signal.getsignal(signal.SIGINT)
     if how == "the grid gets SIGINT":
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()

@@ -1,0 +1,440 @@
+"""``pwm-bench plot EXPERIMENT``: figures, a table and a manifest from the results store.
+
+Everything is a pure function of the stored runs (see :mod:`pwm_bench.analysis.aggregate` for
+the conventions). Written to ``<out>/figures/<experiment>/`` (``<experiment>-<scale>`` for a scale
+other than the experiment's default), each file atomically:
+
+- ``curves.png|pdf``: IQM evaluation return over seeds against measured env steps, 95 % CIs,
+  one panel per env;
+- ``aggregate.png|pdf``: median, IQM, mean and optimality gap of the normalised scores over
+  envs (best-step and final rows), 95 % CIs; ``aggregate_published.png|pdf`` the same with the
+  published normalisers;
+- ``profiles.png|pdf``: performance profiles of the normalised best-step scores;
+- ``improvement.png|pdf``: probability of improvement of the focus algorithm (PWM) over each
+  other one;
+- ``table.csv`` and ``table.md``: per env and algorithm, final and best-step scores, raw and
+  normalised both ways, with the published numbers beside them;
+- ``manifest.json``: the runs used (ids, seeds, commits, versions, config hashes), the warnings
+  and the files written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pwm_bench.analysis.aggregate import (
+    AGGREGATES,
+    BOOTSTRAP_REPS,
+    Collected,
+    Scores,
+    aggregate,
+    collect,
+    compute_scores,
+    iqm,
+    load_reference,
+    performance_profiles,
+    probability_of_improvement,
+)
+from pwm_bench.analysis.experiments import Selection
+from pwm_bench.store import atomic_save, atomic_write_json, atomic_write_text
+
+log = logging.getLogger("pwm_bench.analysis")
+
+FORMATS = ("png", "pdf")
+PROFILE_TAUS = np.linspace(0.0, 2.0, 81)
+"""Thresholds τ of the performance profiles (normalised score; the paper plots 0.5-2.0)."""
+
+
+@dataclasses.dataclass
+class PlotResult:
+    """What :func:`plot_experiment` wrote."""
+
+    folder: Path
+    files: list[Path]
+    table: Any
+    warnings: list[str]
+
+
+def figures_dir(sel: Selection, out: Path) -> Path:
+    """``<out>/figures/<experiment>`` (with ``-<scale>`` unless the scale is ``cpu``)."""
+    name = sel.experiment.name if sel.scale == "cpu" else f"{sel.experiment.name}-{sel.scale}"
+    return Path(out) / "figures" / name
+
+
+def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fmt in FORMATS:
+        buf = io.BytesIO()
+        # a fixed creation date keeps the same store's PDF byte-identical
+        meta = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight", metadata=meta)
+        path = folder / f"{stem}.{fmt}"
+        atomic_save(path, lambda fh, b=buf: fh.write(b.getvalue()))
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _colors(algos: Sequence[str]) -> dict[str, Any]:
+    import seaborn as sns
+
+    return dict(zip(algos, sns.color_palette("colorblind", len(algos)), strict=True))
+
+
+def _seed_note(col: Collected, algo: str, env: str) -> int:
+    return len(col.group(algo, env))
+
+
+def plot_curves(col: Collected, scores: Scores, folder: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    sel = col.selection
+    envs = [c.name for c in sel.envs]
+    colors = _colors(sel.algos)
+    ncols = min(len(envs), 3)
+    nrows = int(np.ceil(len(envs) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    for ax, env in zip(axes.flat, envs, strict=False):
+        for a in sel.algos:
+            c = scores.curves.get((a, env))
+            if c is None:
+                continue
+            ax.plot(c.steps, c.iqm, color=colors[a], label=f"{a} ({c.runs} seeds)", lw=1.6, marker="o", ms=2.5)
+            ax.fill_between(c.steps, c.ci[0], c.ci[1], color=colors[a], alpha=0.2, lw=0)
+        ax.set_title(env)
+        ax.set_xlabel("env steps (measured)")
+        ax.set_ylabel("eval return (IQM)")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in list(axes.flat)[len(envs) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"{sel.experiment.name} ({sel.scale}, preset {sel.preset}): IQM over seeds, shaded 95 % bootstrap CI",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(fig, folder, "curves")
+
+
+def _interval_panel(
+    fig_title: str, rows: list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]], algos: Sequence[str]
+) -> Any:
+    import matplotlib.pyplot as plt
+
+    colors = _colors(algos)
+    fig, axes = plt.subplots(
+        len(rows),
+        len(AGGREGATES),
+        figsize=(3.2 * len(AGGREGATES), 0.5 + 0.45 * len(algos) * len(rows) + 0.6 * len(rows)),
+        squeeze=False,
+    )
+    for r, (row_name, point, ci) in enumerate(rows):
+        present = [a for a in algos if a in point]
+        for m, metric in enumerate(AGGREGATES):
+            ax = axes[r, m]
+            for i, a in enumerate(present):
+                lo, hi = ci[a][0, m], ci[a][1, m]
+                ax.barh(i, hi - lo, left=lo, height=0.6, color=colors[a], alpha=0.75)
+                ax.vlines(point[a][m], i - 0.3, i + 0.3, color="k", lw=1.5)
+            ax.set_yticks(range(len(present)), present if m == 0 else [""] * len(present))
+            ax.set_ylim(len(present) - 0.5, -0.5)  # the first algorithm on top
+            ax.margins(x=0.08)
+            ax.set_title(f"{metric}" if r == 0 else "", fontsize=10)
+            ax.set_xlabel(f"normalised score ({row_name})", fontsize=8)
+            ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(fig_title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_aggregates(col: Collected, scores: Scores, folder: Path, reps: int) -> tuple[list[Path], dict[str, Any]]:
+    """The aggregate figures; returns their paths and the numbers (for the manifest)."""
+    sel = col.selection
+    algos = list(sel.algos)
+    envs = [c.name for c in sel.envs]
+    paths: list[Path] = []
+    numbers: dict[str, Any] = {}
+    norm_name = sel.experiment.normalizer or "—"
+    for stem, norm, what in (
+        ("aggregate", scores.sweep_norm, f"{norm_name}'s max IQM return in this sweep"),
+        ("aggregate_published", scores.published_norm, f"the published {norm_name} normalisers"),
+    ):
+        envs_n = [e for e in envs if e in norm]
+        if not envs_n:
+            col.warnings.append(f"{stem}: no env has a normaliser ({what}); figure not drawn")
+            continue
+        if len(envs_n) < len(envs):
+            col.warnings.append(f"{stem}: envs without a normaliser left out: {sorted(set(envs) - set(envs_n))}")
+        rows = []
+        for kind, per_run in (("best step", scores.best), ("final", scores.final)):
+            point, ci = aggregate(per_run, algos, envs_n, norm, reps)
+            if point:
+                rows.append((kind, point, ci))
+                numbers[f"{stem}/{kind}"] = {
+                    a: {
+                        m: [float(point[a][i]), float(ci[a][0, i]), float(ci[a][1, i])]
+                        for i, m in enumerate(AGGREGATES)
+                    }
+                    for a in point
+                }
+        if not rows:
+            continue
+        seeds = {a: min(len(scores.final.get((a, e), [])) for e in envs_n) for a in algos}
+        fig = _interval_panel(
+            f"{sel.experiment.name} ({sel.scale}): scores / {what}; envs {', '.join(envs_n)}; "
+            f"seeds {', '.join(f'{a} {n}' for a, n in seeds.items())}; bars: 95 % stratified-bootstrap CI",
+            rows,
+            algos,
+        )
+        paths += _save(fig, folder, stem)
+    return paths, numbers
+
+
+def plot_profiles(col: Collected, scores: Scores, folder: Path, reps: int) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    sel = col.selection
+    envs = [c.name for c in sel.envs if c.name in scores.sweep_norm]
+    norm, what = scores.sweep_norm, f"{sel.experiment.normalizer} in this sweep"
+    if not envs:
+        envs = [c.name for c in sel.envs if c.name in scores.published_norm]
+        norm, what = scores.published_norm, f"published {sel.experiment.normalizer}"
+    if not envs:
+        col.warnings.append("profiles: no env has a normaliser; figure not drawn")
+        return []
+    profiles, cis = performance_profiles(scores.best, sel.algos, envs, norm, PROFILE_TAUS, reps)
+    colors = _colors(sel.algos)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for a in sel.algos:
+        if a not in profiles:
+            continue
+        ax.plot(PROFILE_TAUS, profiles[a], color=colors[a], label=a, lw=1.6)
+        ax.fill_between(PROFILE_TAUS, cis[a][0], cis[a][1], color=colors[a], alpha=0.2, lw=0)
+    ax.set_xlabel(f"normalised score τ (best-step return / {what})")
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    seeds = min(len(v) for k, v in scores.best.items() if k[1] in envs)
+    ax.set_title(
+        f"{sel.experiment.name} ({sel.scale}): performance profiles over {', '.join(envs)}, >= {seeds} seeds a cell",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(fig, folder, "profiles")
+
+
+def plot_improvement(col: Collected, scores: Scores, folder: Path, reps: int) -> tuple[list[Path], dict[str, Any]]:
+    import matplotlib.pyplot as plt
+
+    sel = col.selection
+    focus = sel.experiment.focus
+    envs = [c.name for c in sel.envs]
+    if focus not in sel.algos:
+        col.warnings.append(f"improvement: focus algorithm {focus!r} not in the selection; figure not drawn")
+        return [], {}
+    others = [a for a in sel.algos if a != focus]
+    # ranks within each env decide P(X > Y); normalising would not change it
+    ones = dict.fromkeys(envs, 1.0)
+    envs_p = [e for e in envs if (focus, e) in scores.best]
+    point, ci = probability_of_improvement(scores.best, focus, others, envs_p, ones, reps)
+    if not point:
+        col.warnings.append("improvement: no baseline shares an env with the focus algorithm; figure not drawn")
+        return [], {}
+    fig, ax = plt.subplots(figsize=(5.5, 0.6 + 0.5 * len(point)))
+    names = list(point)
+    for i, o in enumerate(names):
+        ax.barh(i, ci[o][1] - ci[o][0], left=ci[o][0], height=0.6, color="tab:blue", alpha=0.6)
+        ax.vlines(point[o], i - 0.3, i + 0.3, color="k", lw=1.5)
+        ax.text(
+            1.01,
+            i,
+            f"{point[o]:.2f} [{ci[o][0]:.2f}, {ci[o][1]:.2f}]",
+            va="center",
+            fontsize=8,
+            transform=ax.get_yaxis_transform(),
+        )
+    ax.axvline(0.5, color="grey", ls="--", lw=1)
+    ax.set_yticks(range(len(names)), [f"{focus} > {o}" for o in names])
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability of improvement (best-step returns), 95 % CI")
+    seeds = min(len(v) for k, v in scores.best.items() if k[1] in envs_p)
+    ax.set_title(
+        f"{sel.experiment.name} ({sel.scale}): P({focus} > baseline) over {', '.join(envs_p)}, >= {seeds} seeds",
+        fontsize=10,
+    )
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    numbers = {o: [point[o], float(ci[o][0]), float(ci[o][1])] for o in names}
+    return _save(fig, folder, "improvement"), numbers
+
+
+def score_table(col: Collected, scores: Scores, out: Path) -> Any:
+    """One row per env and algorithm: seeds, final and best-step scores (raw IQM, mean ± std,
+    normalised by this sweep's and by the published normaliser), the step of the best IQM, and the
+    published normalised score and IQM return."""
+    import pandas as pd
+
+    sel = col.selection
+    ref = load_reference(sel.experiment.reference, out)
+    rows = []
+    for case in sel.envs:
+        env = case.name
+        for a in sel.algos:
+            fin, best, curve = scores.final.get((a, env)), scores.best.get((a, env)), scores.curves.get((a, env))
+            pub = None
+            if ref is not None and not case.options:
+                m = ref[(ref["env"] == case.env) & (ref["algo"] == a)]
+                pub = m.iloc[0] if len(m) else None
+            sn, pn = scores.sweep_norm.get(env), scores.published_norm.get(env)
+
+            def nz(x: float | None, n: float | None) -> float:
+                return float("nan") if x is None or n is None else x / n
+
+            fin_iqm = iqm(fin) if fin is not None else None
+            best_iqm = float(curve.iqm[curve.best_index]) if curve is not None else None
+            rows.append(
+                {
+                    "env": env,
+                    "algo": a,
+                    "seeds": 0 if fin is None else len(fin),
+                    "final_iqm": float("nan") if fin_iqm is None else fin_iqm,
+                    "final_mean": float("nan") if fin is None else float(fin.mean()),
+                    "final_std": float("nan") if fin is None else float(fin.std()),
+                    "best_iqm": float("nan") if best_iqm is None else best_iqm,
+                    "best_mean": float("nan") if best is None else float(best.mean()),
+                    "best_std": float("nan") if best is None else float(best.std()),
+                    "best_at_steps": float("nan") if curve is None else float(curve.steps[curve.best_index]),
+                    "final_norm_sweep": nz(fin_iqm, sn),
+                    "best_norm_sweep": nz(best_iqm, sn),
+                    "final_norm_published": nz(fin_iqm, pn),
+                    "best_norm_published": nz(best_iqm, pn),
+                    "published_norm_score": float("nan") if pub is None else float(pub["normalized_score"]),
+                    "published_iqm_return": float("nan") if pub is None else float(pub["iqm_return"]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _markdown(df: Any, sel: Selection) -> str:
+    def f(x: float, digits: int = 1) -> str:
+        return "—" if x != x else f"{x:.{digits}f}"
+
+    head = (
+        "| env | algo | seeds | final IQM | final mean ± std | best IQM | best mean ± std | best at steps "
+        "| best / sweep PPO | best / published PPO | published (PPO-norm.) | published IQM return |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = [
+        f"| {r.env} | {r.algo} | {r.seeds} | {f(r.final_iqm)} | {f(r.final_mean)} ± {f(r.final_std)} | "
+        f"{f(r.best_iqm)} | {f(r.best_mean)} ± {f(r.best_std)} | {f(r.best_at_steps, 0)} | "
+        f"{f(r.best_norm_sweep, 2)} | {f(r.best_norm_published, 2)} | {f(r.published_norm_score, 2)} | "
+        f"{f(r.published_iqm_return)} |"
+        for r in df.itertuples()
+    ]
+    note = (
+        f"\n{sel.experiment.name}, scale {sel.scale} (preset {sel.preset}). Returns: undiscounted evaluation "
+        "returns of the deterministic policy. final: each run's last evaluation; best: the evaluation step "
+        "where the IQM over seeds peaks, each run's return there (the PWM paper's protocol). Normalised: "
+        "divided by PPO's max-over-training IQM return, of this sweep or published.\n"
+    )
+    return head + "\n".join(lines) + "\n" + note
+
+
+def _config_hash(run_dir: Path) -> str:
+    f = run_dir / "config.yaml"
+    return hashlib.sha1(f.read_bytes()).hexdigest()[:12] if f.exists() else ""
+
+
+def manifest(col: Collected, files: Sequence[Path], numbers: dict[str, Any], out: Path) -> dict[str, Any]:
+    from pwm_bench.run import git_commit, package_versions
+
+    sel = col.selection
+    runs = []
+    for r in col.runs:
+        runs.append(
+            {
+                "run_id": r.cell.run_dir.name,
+                "path": str(r.cell.run_dir.relative_to(out))
+                if r.cell.run_dir.is_relative_to(out)
+                else str(r.cell.run_dir),
+                "algo": r.cell.algo,
+                "env": r.cell.env,
+                "env_label": r.cell.env_label,
+                "seed": r.cell.seed,
+                "preset": r.cell.preset,
+                "cell_tag": r.cell.tag,
+                "config_sha1": _config_hash(r.cell.run_dir),
+                "commit": r.summary.get("git_commit") or r.config.get("git_commit"),
+                "versions": r.summary.get("versions", {}),
+                "env_steps": r.summary.get("env_steps"),
+                "evaluations": len(r.returns),
+                "final_eval_return": r.summary.get("final_eval_return"),
+                "device": r.summary.get("device"),
+            }
+        )
+    return {
+        "experiment": sel.experiment.name,
+        "scale": sel.scale,
+        "preset": sel.preset,
+        "algos": list(sel.algos),
+        "envs": [{"label": c.name, "env": c.env, "options": dict(c.options)} for c in sel.envs],
+        "seeds": list(sel.seeds),
+        "overrides": {k: str(v) for k, v in sel.overrides.items()},
+        "bootstrap": {"reps": numbers.get("_reps"), "seed": 0, "confidence": 0.95},
+        "plotted_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "plotted_by": {"commit": git_commit(), "versions": package_versions()},
+        "cells": len(col.cells),
+        "runs_used": runs,
+        "warnings": list(col.warnings),
+        "numbers": {k: v for k, v in numbers.items() if not k.startswith("_")},
+        "files": [p.name for p in files],
+    }
+
+
+def plot_experiment(sel: Selection, out: Path, reps: int = BOOTSTRAP_REPS) -> PlotResult:
+    """Read ``sel``'s runs from the store under ``out`` and write its figures, table and manifest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    out = Path(out)
+    col = collect(sel, out)
+    folder = figures_dir(sel, out)
+    files: list[Path] = []
+    numbers: dict[str, Any] = {"_reps": reps}
+    if not col.runs:
+        col.warnings.append("no completed run in the store for this selection; nothing plotted")
+    else:
+        scores = compute_scores(col, reps, out)
+        files += plot_curves(col, scores, folder)
+        agg_files, agg_numbers = plot_aggregates(col, scores, folder, reps)
+        files += agg_files
+        numbers.update(agg_numbers)
+        files += plot_profiles(col, scores, folder, reps)
+        imp_files, imp_numbers = plot_improvement(col, scores, folder, reps)
+        files += imp_files
+        if imp_numbers:
+            numbers["probability_of_improvement"] = imp_numbers
+        table = score_table(col, scores, out)
+        atomic_write_text(folder / "table.csv", table.to_csv(index=False))
+        atomic_write_text(folder / "table.md", _markdown(table, sel))
+        files += [folder / "table.csv", folder / "table.md"]
+    man = folder / "manifest.json"
+    atomic_write_json(man, manifest(col, [*files, man], numbers, out))
+    return PlotResult(folder, [*files, man], table if col.runs else None, col.warnings)

@@ -1,0 +1,1 @@
+"""Example plug-in package for pwm-bench: a uniform-random baseline."""
