@@ -2,7 +2,8 @@
 
 Everything is a pure function of the stored runs (see :mod:`pwm_bench.analysis.aggregate` for
 the conventions). Written to ``<out>/figures/<experiment>/`` (``<experiment>-<scale>`` for a scale
-other than the experiment's default), each file atomically:
+other than ``cpu``, and suffixed with what the command line changed, see :func:`figures_dir`), each
+file atomically:
 
 - ``curves.png|pdf``: IQM evaluation return over seeds against measured env steps, 95 % CIs,
   one panel per env;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -65,9 +67,22 @@ class PlotResult:
 
 
 def figures_dir(sel: Selection, out: Path) -> Path:
-    """``<out>/figures/<experiment>`` (with ``-<scale>`` unless the scale is ``cpu``)."""
-    name = sel.experiment.name if sel.scale == "cpu" else f"{sel.experiment.name}-{sel.scale}"
-    return Path(out) / "figures" / name
+    """``<out>/figures/<experiment>``, with ``-<scale>`` unless the scale is ``cpu``, and with what
+    the command line changed (algorithms, envs, seeds, a hash of the overrides), so that a narrowed
+    or widened plot does not overwrite the experiment's own figures."""
+    exp, sc = sel.experiment, sel.experiment.scale(sel.scale)
+    parts = [exp.name] if sel.scale == "cpu" else [exp.name, sel.scale]
+    if sel.algos != (sc.algos or exp.algos):
+        parts.append("+".join(sel.algos))
+    if tuple(c.name for c in sel.envs) != tuple(c.name for c in exp.envs if sc.envs is None or c.name in sc.envs):
+        parts.append("+".join(c.name for c in sel.envs))
+    if len(sel.seeds) != sc.seeds:
+        parts.append(f"{len(sel.seeds)}seeds")
+    default_ov = {**exp.overrides, **sc.overrides}
+    if dict(sel.overrides) != default_ov:
+        text = json.dumps({k: str(v) for k, v in sel.overrides.items()}, sort_keys=True)
+        parts.append("set-" + hashlib.sha1(text.encode()).hexdigest()[:6])
+    return Path(out) / "figures" / "-".join(parts)
 
 
 def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
@@ -86,10 +101,17 @@ def _save(fig: Any, folder: Path, stem: str) -> list[Path]:
     return paths
 
 
+_FIXED_COLORS = ("ppo", "sac", "shac", "tdmpc2", "pwm")
+"""Algorithms with a colour of their own in every figure (others take the next ones in turn)."""
+
+
 def _colors(algos: Sequence[str]) -> dict[str, Any]:
     import seaborn as sns
 
-    return dict(zip(algos, sns.color_palette("colorblind", len(algos)), strict=True))
+    extra = [a for a in algos if a not in _FIXED_COLORS]
+    palette = sns.color_palette("colorblind", len(_FIXED_COLORS) + len(extra))
+    order = list(_FIXED_COLORS) + extra
+    return {a: palette[order.index(a)] for a in algos}
 
 
 def _seed_note(col: Collected, algo: str, env: str) -> int:
@@ -150,6 +172,7 @@ def _interval_panel(
                 ax.vlines(point[a][m], i - 0.3, i + 0.3, color="k", lw=1.5)
             ax.set_yticks(range(len(present)), present if m == 0 else [""] * len(present))
             ax.set_ylim(len(present) - 0.5, -0.5)  # the first algorithm on top
+            ax.use_sticky_edges = False  # room beyond the outermost CI
             ax.margins(x=0.08)
             ax.set_title(f"{metric}" if r == 0 else "", fontsize=10)
             ax.set_xlabel(f"normalised score ({row_name})", fontsize=8)

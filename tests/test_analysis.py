@@ -128,7 +128,7 @@ def test_plot_writes_figures_table_and_manifest_and_warns(out: Path) -> None:
     write_run(cells[("ppo", "pointmass", 4)], [0, 100], [1.0, 2.0], status="interrupted")
     sel = select(SYNTH, "smoke", seeds=5)
     res = figures.plot_experiment(sel, out, reps=200)
-    assert res.folder == out / "figures" / "test-synthetic-smoke"
+    assert res.folder == out / "figures" / "test-synthetic-smoke-5seeds"  # not the 4 seeds of the scale
     names = {p.name for p in res.files}
     for stem in ("curves", "aggregate", "aggregate_published", "profiles", "improvement"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
@@ -291,7 +291,8 @@ def test_sweep_and_plot_cli_on_the_point_mass(out: Path) -> None:
     assert res.returncode == 0 and res.stdout.count("completed") >= 2
     res = cli("plot", "single-task", *args, *tiny, "--reps", "100")
     assert res.returncode == 0, res.stderr
-    folder = out / "figures" / "single-task-smoke"
+    (folder,) = (out / "figures").iterdir()
+    assert folder.name.startswith("single-task-smoke-ppo-pointmass-set-")  # not the experiment's own
     assert (folder / "curves.png").exists() and (folder / "manifest.json").exists()
     for bad, word in ((["sweep", "nope"], "single-task"), (["sweep", "single-task", "--scale", "x"], "smoke")):
         res = cli(*bad, "--out", str(out))
