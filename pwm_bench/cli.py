@@ -203,6 +203,10 @@ def sweep(
     fancy = sys.stdout.isatty() and not quiet
     _setup_logging(fancy)
     try:
+        from pwm_bench.analysis.studies import studies
+
+        if experiment in studies():
+            raise UsageError(f"'{experiment}' has nothing to sweep; `pwm-bench plot {experiment}` computes it")
         if launcher not in ("local", "ray"):
             raise UsageError(f"unknown launcher '{launcher}'; valid choices: local, ray")
         if jobs <= 0:
@@ -282,7 +286,9 @@ def sweep(
         "Examples:\n\n"
         "  pwm-bench plot single-task --scale smoke\n\n"
         "  pwm-bench plot single-task --scale cpu --envs hopper,ant\n\n"
-        "  pwm-bench plot single-task --scale smoke --algos myalgo,shac,pwm --envs hopper"
+        "  pwm-bench plot single-task --scale smoke --algos myalgo,shac,pwm --envs hopper\n\n"
+        "  pwm-bench plot optimality-gap --protocol reference\n\n"
+        "  pwm-bench plot wall-toy"
     )
 )
 def plot(
@@ -296,18 +302,33 @@ def plot(
     ] = None,
     out: Annotated[Path, typer.Option(help="Results root; figures go to OUT/figures/<experiment>.")] = Path("results"),
     reps: Annotated[int, typer.Option(help="Bootstrap replications of the CIs.")] = 2000,
+    protocol: Annotated[
+        str | None, typer.Option(help="Studies only: optimality-gap fair (default) | reference.")
+    ] = None,
 ) -> None:
     """Figures (PNG and PDF), a table (CSV and Markdown) and a manifest of an experiment, from the store.
 
     Reads only completed runs; warns about missing cells, unfinished runs, fewer seeds than asked
-    and runs with identical evaluation series.
+    and runs with identical evaluation series. A study that needs no sweep (optimality-gap,
+    wall-toy) is computed here.
     """
     from pwm_bench.analysis.experiments import get_experiment, select
     from pwm_bench.analysis.figures import plot_experiment
+    from pwm_bench.analysis.studies import run_study, studies
     from pwm_bench.config import parse_set_options
 
     _setup_logging(False)
+    if experiment in studies():
+        try:
+            res = run_study(experiment, out, scale, protocol)
+        except UsageError as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(res.text)
+        typer.echo(f"wrote {len(res.files)} files to {res.folder}")
+        return
     try:
+        if protocol is not None:
+            raise UsageError("--protocol is for studies (optimality-gap); experiments have none")
         if reps <= 0:
             raise UsageError(f"--reps must be positive, got {reps}")
         sel = select(
@@ -718,6 +739,11 @@ def list_(
         for name, exp in sorted(experiments().items()):
             scales = ", ".join(f"{k} ({v.seeds} seeds)" for k, v in exp.scales.items())
             table.add_row("experiment", name, f"{exp.description}; scales: {scales}")
+        from pwm_bench.analysis.studies import studies
+
+        for name, st in sorted(studies().items()):
+            protocols = f"; --protocol {' | '.join(st.protocols)}" if st.protocols else ""
+            table.add_row("study", name, f"{st.description} (pwm-bench plot {name}){protocols}")
         console.print(table)
     except UsageError as exc:
         raise _fail(str(exc)) from None
