@@ -258,6 +258,7 @@ class Scores:
         best: ``{(algo, env_label): (R,)}`` each run's return at the step of the peak IQM.
         sweep_norm: ``{env_label: normaliser's max IQM return in this sweep}`` (only positive ones).
         published_norm: ``{env_label: published normaliser return}``.
+        reference: the experiment's published table (pandas DataFrame; None if it has none).
     """
 
     curves: dict[tuple[str, str], Curve]
@@ -265,6 +266,7 @@ class Scores:
     best: dict[tuple[str, str], np.ndarray]
     sweep_norm: dict[str, float]
     published_norm: dict[str, float]
+    reference: Any = None
 
 
 def compute_scores(col: Collected, reps: int = BOOTSTRAP_REPS, out: Path | None = None) -> Scores:
@@ -296,7 +298,7 @@ def compute_scores(col: Collected, reps: int = BOOTSTRAP_REPS, out: Path | None 
     ref = load_reference(sel.experiment.reference, out)
     pub = published_normalizers(ref, norm_algo)
     published_norm = {case.name: pub[case.env] for case in sel.envs if case.env in pub and not case.options}
-    return Scores(curves, final, best, sweep_norm, published_norm)
+    return Scores(curves, final, best, sweep_norm, published_norm, ref)
 
 
 def normalized_matrix(

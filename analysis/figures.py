@@ -42,7 +42,6 @@ from pwm_bench.analysis.aggregate import (
     collect,
     compute_scores,
     iqm,
-    load_reference,
     performance_profiles,
     probability_of_improvement,
 )
@@ -112,10 +111,6 @@ def _colors(algos: Sequence[str]) -> dict[str, Any]:
     palette = sns.color_palette("colorblind", len(_FIXED_COLORS) + len(extra))
     order = list(_FIXED_COLORS) + extra
     return {a: palette[order.index(a)] for a in algos}
-
-
-def _seed_note(col: Collected, algo: str, env: str) -> int:
-    return len(col.group(algo, env))
 
 
 def plot_curves(col: Collected, scores: Scores, folder: Path) -> list[Path]:
@@ -305,14 +300,14 @@ def plot_improvement(col: Collected, scores: Scores, folder: Path, reps: int) ->
     return _save(fig, folder, "improvement"), numbers
 
 
-def score_table(col: Collected, scores: Scores, out: Path) -> Any:
+def score_table(col: Collected, scores: Scores) -> Any:
     """One row per env and algorithm: seeds, final and best-step scores (raw IQM, mean ± std,
     normalised by this sweep's and by the published normaliser), the step of the best IQM, and the
     published normalised score and IQM return."""
     import pandas as pd
 
     sel = col.selection
-    ref = load_reference(sel.experiment.reference, out)
+    ref = scores.reference
     rows = []
     for case in sel.envs:
         env = case.name
@@ -454,7 +449,7 @@ def plot_experiment(sel: Selection, out: Path, reps: int = BOOTSTRAP_REPS) -> Pl
         files += imp_files
         if imp_numbers:
             numbers["probability_of_improvement"] = imp_numbers
-        table = score_table(col, scores, out)
+        table = score_table(col, scores)
         atomic_write_text(folder / "table.csv", table.to_csv(index=False))
         atomic_write_text(folder / "table.md", _markdown(table, sel))
         files += [folder / "table.csv", folder / "table.md"]

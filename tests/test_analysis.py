@@ -87,7 +87,7 @@ def test_iqm_curve_and_scores_follow_the_papers_protocol(out: Path) -> None:
     assert scores.sweep_norm == {"hopper": pytest.approx(16.0), "pointmass": pytest.approx(48.0)}
     assert scores.published_norm == {"hopper": pytest.approx(4742.3)}  # the point mass has none
 
-    table = figures.score_table(col, scores, out).set_index(["env", "algo"])
+    table = figures.score_table(col, scores).set_index(["env", "algo"])
     ppo, shac = table.loc[("hopper", "ppo")], table.loc[("hopper", "shac")]
     assert ppo["best_iqm"] == pytest.approx(16.0) and ppo["best_at_steps"] == 200
     assert ppo["final_iqm"] == pytest.approx(5.0)
