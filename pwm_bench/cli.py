@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pwm_bench.errors import UsageError
+
+if TYPE_CHECKING:
+    from pwm_bench.analysis.experiments import Selection
 
 app = typer.Typer(
     name="pwm-bench",
@@ -152,6 +155,23 @@ def _split_names(text: str | None) -> list[str] | None:
     return [a.strip() for a in text.split(",") if a.strip()] if text else None
 
 
+def _select(
+    experiment: str, scale: str, algos: str | None, envs: str | None, seeds: int | None, set_: list[str] | None
+) -> Selection:
+    """The experiment's cells at ``scale`` as the command line narrows them (raises UsageError)."""
+    from pwm_bench.analysis.experiments import get_experiment, select
+    from pwm_bench.config import parse_set_options
+
+    return select(
+        get_experiment(experiment),
+        scale,
+        algos=_split_names(algos),
+        envs=_split_names(envs),
+        seeds=seeds,
+        overrides=parse_set_options(set_ or []),
+    )
+
+
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -194,9 +214,7 @@ def sweep(
     later sweeps unless --retry-failed). Ctrl-C stops the whole sweep: running cells save a
     checkpoint, and the same command continues it. Then `pwm-bench plot EXPERIMENT --scale S`.
     """
-    from pwm_bench.analysis.experiments import get_experiment, select
     from pwm_bench.analysis.sweep import GridInterrupted, SweepMonitor, cell_status, run_cells
-    from pwm_bench.config import parse_set_options
     from pwm_bench.progress import LogReporter, RichReporter
     from pwm_bench.runner import resolve_device
 
@@ -217,14 +235,7 @@ def sweep(
             resolve_device(device)
         from pwm_bench.analysis.aggregate import selection_cells
 
-        sel = select(
-            get_experiment(experiment),
-            scale,
-            algos=_split_names(algos),
-            envs=_split_names(envs),
-            seeds=seeds,
-            overrides=parse_set_options(set_ or []),
-        )
+        sel = _select(experiment, scale, algos, envs, seeds, set_)
         cells = selection_cells(sel, out)
     except UsageError as exc:
         raise _fail(str(exc)) from None
@@ -312,10 +323,8 @@ def plot(
     and runs with identical evaluation series. A study that needs no sweep (optimality-gap,
     wall-toy) is computed here.
     """
-    from pwm_bench.analysis.experiments import get_experiment, select
     from pwm_bench.analysis.figures import plot_experiment
     from pwm_bench.analysis.studies import run_study, studies
-    from pwm_bench.config import parse_set_options
 
     _setup_logging(False)
     if experiment in studies():
@@ -331,14 +340,7 @@ def plot(
             raise UsageError("--protocol is for studies (optimality-gap); experiments have none")
         if reps <= 0:
             raise UsageError(f"--reps must be positive, got {reps}")
-        sel = select(
-            get_experiment(experiment),
-            scale,
-            algos=_split_names(algos),
-            envs=_split_names(envs),
-            seeds=seeds,
-            overrides=parse_set_options(set_ or []),
-        )
+        sel = _select(experiment, scale, algos, envs, seeds, set_)
         result = plot_experiment(sel, out, reps)
     except UsageError as exc:
         raise _fail(str(exc)) from None
