@@ -106,11 +106,11 @@ def run_study(name: str, out: Path, scale: str = "cpu", protocol: str | None = N
 # optimality gap
 
 
-def _write_table(folder: Path, df: Any, note: str) -> list[Path]:
+def _write_table(folder: Path, df: Any, note: str, fmt: str = ".3f") -> list[Path]:
     from pwm_bench.store import atomic_write_text
 
     def cell(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        return format(v, fmt) if isinstance(v, float) else str(v)
 
     atomic_write_text(folder / "table.csv", df.to_csv(index=False))
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
@@ -281,6 +281,160 @@ def _wall_toy(scale: str, protocol: str | None, folder: Path) -> tuple[list[Path
     return files, df, text, numbers
 
 
+def _loglog_slope(hs: list[int], y: list[float]) -> float:
+    """Least-squares slope of ``log y`` against ``log h`` over the positive values (NaN if fewer than 2)."""
+    ok = [(math.log(h), math.log(v)) for h, v in zip(hs, y, strict=True) if v > 0]
+    if len(ok) < 2:
+        return math.nan
+    x, yy = np.array(ok).T
+    return float(np.polyfit(x, yy, 1)[0])
+
+
+_SOURCE_COLORS = ("k", "tab:blue", "tab:orange", "tab:green", "tab:red")
+
+
+def _gradient_study_outputs(
+    folder: Path, hs: list[int], panels: dict[str, dict[str, Any]], samples: int, protocol: str, note: str
+) -> tuple[list[Path], Any, str, dict[str, Any]]:
+    """Raw gradients, curves, figure, table and text of a variance/ESNR study.
+
+    ``panels``: env → ``{"grads": {source: (n_h, S, P)}, "returns": {source: [..]}, "num_params": P}``.
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+    import torch
+
+    from pwm_bench.analysis import esnr
+    from pwm_bench.analysis.figures import _save
+    from pwm_bench.store import atomic_save, atomic_write_text
+
+    sns.set_theme(style="whitegrid", context="paper")
+    buf = io.BytesIO()
+    torch.save({"horizons": hs, "protocol": protocol, "grads": {k: p["grads"] for k, p in panels.items()}}, buf)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save(folder / "grads.pt", lambda fh: fh.write(buf.getvalue()))
+    rows, curves = [], {}
+    for env, panel in panels.items():
+        curves[env] = {}
+        for src, g in panel["grads"].items():
+            var, snr = esnr.curves(g)
+            ret = panel["returns"][src]
+            curves[env][src] = {"variance": var, "esnr": snr, "mean_return": ret}
+            for h, v, e, r in zip(hs, var, snr, ret, strict=True):
+                rows.append({"env": env, "source": src, "h": h, "variance": v, "esnr": e, "mean_return": r})
+    long = pd.DataFrame(rows)
+    atomic_write_text(folder / "curves.csv", long.to_csv(index=False))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.4 * len(panels)), squeeze=False)
+    for (env, cs), row in zip(curves.items(), axes, strict=True):
+        for key, ax, label in zip(("variance", "esnr"), row, ("Var[∇J] (mean over parameters)", "ESNR"), strict=True):
+            for (src, c), color in zip(cs.items(), _SOURCE_COLORS, strict=False):
+                ax.plot(hs, c[key], color=color, lw=1.4, marker="." if len(hs) < 10 else None, label=src)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("horizon h [control steps of 1/60 s]")
+            ax.set_ylabel(label)
+            ax.set_title(f"{env}: policy of {panels[env]['num_params']} parameters", fontsize=9)
+            ax.legend(fontsize=7)
+    inputs = "policy inputs detached (reference)" if protocol == "reference" else "full gradient"
+    fig.suptitle(
+        f"gradient of the h-step return w.r.t. the policy's parameters, {samples} noise samples per h, {inputs}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    files = _save(fig, folder, "esnr")
+    picks = [h for h in (1, 2, 4, 5, 8, 10, 16, 20, 32, 50, 64) if h in hs] or hs
+    df = long[long.h.isin(picks)].reset_index(drop=True)
+    summary = {
+        env: {
+            src: {
+                "esnr_first": c["esnr"][0],
+                "esnr_last": c["esnr"][-1],
+                "variance_first": c["variance"][0],
+                "variance_last": c["variance"][-1],
+                "esnr_loglog_slope": _loglog_slope(hs, c["esnr"]),
+                "variance_loglog_slope": _loglog_slope(hs, c["variance"]),
+            }
+            for src, c in cs.items()
+        }
+        for env, cs in curves.items()
+    }
+    width = max(len(src) for cs in curves.values() for src in cs)
+    lines = []
+    for env, ss in summary.items():
+        lines.append(
+            f"{env:<{width}} {'ESNR h=' + str(hs[0]):>12} {'ESNR h=' + str(hs[-1]):>12} {'slope':>7}   "
+            f"{'Var h=' + str(hs[0]):>10} {'Var h=' + str(hs[-1]):>10} {'slope':>7}"
+        )
+        lines += [
+            f"{src:<{width}} {s['esnr_first']:12.3g} {s['esnr_last']:12.3g} {s['esnr_loglog_slope']:7.2f}   "
+            f"{s['variance_first']:10.3g} {s['variance_last']:10.3g} {s['variance_loglog_slope']:7.2f}"
+            for src, s in ss.items()
+        ]
+    text = "\n".join(lines) + "\n(slope: least-squares slope of log value against log h)"
+    files += _write_table(folder, df, note, fmt=".3g")
+    files += [folder / "grads.pt", folder / "curves.csv"]
+    return files, df, text, {"summary": summary, "curves": curves, "horizons": hs}
+
+
+def _esnr(scale: str, protocol: str | None, folder: Path) -> tuple[list[Path], Any, str, dict[str, Any]]:
+    import torch
+
+    from pwm_bench.analysis import esnr
+
+    torch.set_num_threads(1)
+    protocol = protocol or "full"
+    res = esnr.compute(folder.parents[1], scale, protocol)
+    panel = {"grads": res["grads"], "returns": res["returns"], "num_params": res["num_params"]}
+    note = (
+        "Double pendulum from rest (hanging), a fresh policy tanh(mu(z) + sigma eps) on a "
+        f"{esnr.SCALES[scale].latent}-d latent; {res['samples']} samples of eps per horizon, shared by the three "
+        "sources; the models are trained with horizons 3 and 16 on uniform-random data. Raw per-sample "
+        "gradients: grads.pt; every horizon: curves.csv. "
+        "Nothing is added to any curve (the reference's plotting script adds a synthetic term to the simulator's)."
+    )
+    fits = "; ".join(
+        f"{k}: held-out consistency {m.get('heldout/consistency', math.nan):.3g}, "
+        f"reward {m.get('heldout/reward', math.nan):.3g} (reward units of the data's std)"
+        for k, m in res["models"].items()
+    )
+    note += f" Models after {esnr.SCALES[scale].wm_steps} pretraining steps: {fits}."
+    files, df, text, numbers = _gradient_study_outputs(
+        folder, res["horizons"], {esnr.ENV: panel}, res["samples"], protocol, note
+    )
+    text += "\n" + fits
+    numbers.update(models=res["models"], dataset=res["dataset"])
+    return files, df, text, numbers
+
+
+def _esnr_locomotion(scale: str, protocol: str | None, folder: Path) -> tuple[list[Path], Any, str, dict[str, Any]]:
+    import torch
+
+    from pwm_bench.analysis import esnr
+
+    torch.set_num_threads(1)
+    protocol = protocol or "full"
+    res = esnr.compute_locomotion(folder.parents[1], scale, protocol)
+    note = (
+        "Hopper and ant from their default pose at rest (no stochastic init, no resets within a rollout), a fresh "
+        "policy tanh(mu(z) + sigma eps) on the latent of the pretrained PWM world model (its encoder also feeds "
+        "the policy in the simulator rollouts); the same eps for the three sources. Stiff: contact ke 1e5, kd 1e4. "
+        "World models: "
+        + "; ".join(f"{env}: {p['world_model']}" for env, p in res["envs"].items())
+        + (f". Skipped (no pretrained model): {', '.join(res['skipped'])}." if res["skipped"] else ".")
+    )
+    files, df, text, numbers = _gradient_study_outputs(
+        folder, res["horizons"], res["envs"], res["samples"], protocol, note
+    )
+    numbers.update(world_models={env: p["world_model"] for env, p in res["envs"].items()}, skipped=res["skipped"])
+    return files, df, text, numbers
+
+
 register_study(
     Study(
         "optimality-gap",
@@ -294,5 +448,21 @@ register_study(
         "wall-toy",
         "stochastic smoothing of a throw at a wall where the ball sticks (landscape and gradients)",
         _wall_toy,
+    )
+)
+register_study(
+    Study(
+        "esnr",
+        "gradient variance and ESNR against horizon: double pendulum, simulator vs world models (H=3, H=16)",
+        _esnr,
+        protocols=("full", "reference"),
+    )
+)
+register_study(
+    Study(
+        "esnr-locomotion",
+        "gradient variance and ESNR against horizon on hopper and ant: simulator (default, stiff) vs the PWM model",
+        _esnr_locomotion,
+        protocols=("full", "reference"),
     )
 )

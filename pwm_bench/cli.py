@@ -299,7 +299,8 @@ def sweep(
         "  pwm-bench plot single-task --scale cpu --envs hopper,ant\n\n"
         "  pwm-bench plot single-task --scale smoke --algos myalgo,shac,pwm --envs hopper\n\n"
         "  pwm-bench plot optimality-gap --protocol reference\n\n"
-        "  pwm-bench plot wall-toy"
+        "  pwm-bench plot wall-toy\n\n"
+        "  pwm-bench plot esnr"
     )
 )
 def plot(
@@ -314,14 +315,15 @@ def plot(
     out: Annotated[Path, typer.Option(help="Results root; figures go to OUT/figures/<experiment>.")] = Path("results"),
     reps: Annotated[int, typer.Option(help="Bootstrap replications of the CIs.")] = 2000,
     protocol: Annotated[
-        str | None, typer.Option(help="Studies only: optimality-gap fair (default) | reference.")
+        str | None,
+        typer.Option(help="Studies only: optimality-gap fair (default) | reference; esnr full (default) | reference."),
     ] = None,
 ) -> None:
     """Figures (PNG and PDF), a table (CSV and Markdown) and a manifest of an experiment, from the store.
 
     Reads only completed runs; warns about missing cells, unfinished runs, fewer seeds than asked
     and runs with identical evaluation series. A study that needs no sweep (optimality-gap,
-    wall-toy) is computed here.
+    wall-toy, esnr) is computed here.
     """
     from pwm_bench.analysis.figures import plot_experiment
     from pwm_bench.analysis.studies import run_study, studies

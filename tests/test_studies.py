@@ -142,3 +142,113 @@ def test_gradient_stats_match_the_closed_form_of_a_noisy_linear_loss() -> None:
     assert s.esnr == pytest.approx(float((mu**2 / sigma**2).mean()), rel=0.1)
     with pytest.raises(ValueError, match="at least 2"):
         gradient_stats(loss, [theta], samples=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# gradient variance and ESNR against horizon
+
+
+def test_batched_per_sample_gradients_equal_one_rollout_per_sample() -> None:
+    """S worlds (or model rows) with one copy of the policy each give, in one backward pass, the
+    gradients that S separate single-world rollouts give (through the simulator and a world model)."""
+    from pwm_bench.analysis import esnr
+    from pwm_bench.envs import make_env
+    from pwm_bench.gradient_stats import gradient_stats
+    from pwm_bench.world_model import WorldModel, sized_config
+
+    torch.manual_seed(0)
+    model = WorldModel(6, 1, sized_config("pwm", latent_dim=16, mlp_dim=32, enc_dim=32)).eval()
+    for q in model.parameters():  # a trained-looking model: random weights everywhere, incl. the reward head
+        torch.nn.init.normal_(q, std=0.3)
+        q.requires_grad_(False)
+    policy = esnr.LatentPolicy.init(16, 1, 8, seed=3)
+    S, h = 3, 4
+    eps = esnr.noise(h, S, 1, seed=0)
+    batch = make_env("double_pendulum", S, differentiable=True, stochastic_init=False)
+    single = make_env("double_pendulum", 1, differentiable=True, stochastic_init=False)
+    obs0 = single.reset(seed=0)[0].detach()
+    for detach in (False, True):
+        cases = {
+            "sim": (
+                esnr.sim_return(batch, model.encode, eps, detach),
+                lambda e, d=detach: esnr.sim_return(single, model.encode, e, d),
+            ),
+            "model": (
+                esnr.model_return(model, obs0.expand(S, -1), eps, detach),
+                lambda e, d=detach: esnr.model_return(model, obs0, e, d),
+            ),
+        }
+        for name, (batched, one) in cases.items():
+            g, ret = esnr.per_sample_policy_grads(policy, batched, S)
+            params = [v.clone().requires_grad_() for v in policy.params.values()]
+
+            def loss(i: int, one=one, params=params) -> torch.Tensor:
+                p = {k: v.unsqueeze(0) for k, v in zip(policy.params, params, strict=True)}
+                return one(eps[:, i : i + 1])(p).sum()
+
+            ref = gradient_stats(loss, params, S).grads
+            assert g.shape == (S, policy.num_params) and ret.shape == (S,)
+            assert torch.allclose(g.double(), ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max())), (name, detach)
+            assert float(ref.abs().max()) > 0 and not torch.allclose(ref[0], ref[1])  # the noise matters
+
+
+def test_esnr_study_at_smoke_scale_keeps_raw_gradients_and_reuses_its_models(tmp_path: Path) -> None:
+    res = run_study("esnr", tmp_path, "smoke")
+    folder = res.folder
+    assert folder.name == "esnr-smoke-full"
+    assert (folder / "esnr.png").stat().st_size > 1000 and (folder / "esnr.pdf").exists()
+    raw = torch.load(folder / "grads.pt", weights_only=False)
+    raw["grads"] = raw["grads"]["double_pendulum"]
+    assert set(raw["grads"]) == {"simulator", "model H=3", "model H=16"}
+    for g in raw["grads"].values():
+        assert g.shape[:2] == (4, 8) and torch.isfinite(g).all()
+    man = json.loads((folder / "manifest.json").read_text())
+    curves = man["numbers"]["curves"]["double_pendulum"]
+    # the stored curves are the estimator applied to the stored raw gradients: nothing is added
+    from pwm_bench.analysis.esnr import curves as recompute
+
+    for src, g in raw["grads"].items():
+        var, snr = recompute(g)
+        assert curves[src]["variance"] == pytest.approx(var) and curves[src]["esnr"] == pytest.approx(snr)
+    models = sorted((tmp_path / "world_models").glob("esnr-*"))
+    assert [m.name for m in models] == ["esnr-double_pendulum-smoke-h16", "esnr-double_pendulum-smoke-h3"]
+    stamp = [m.joinpath("model.pt").stat().st_mtime_ns for m in models]
+    # the reference variant (policy inputs detached) reuses the models; at h = 1 nothing flows
+    # through the inputs, so both variants agree there, and from h = 2 on they differ
+    run_study("esnr", tmp_path, "smoke", "reference")
+    assert [m.joinpath("model.pt").stat().st_mtime_ns for m in models] == stamp
+    ref = torch.load(tmp_path / "figures" / "esnr-smoke-reference" / "grads.pt", weights_only=False)
+    for src in raw["grads"]:
+        assert torch.allclose(ref["grads"]["double_pendulum"][src][0], raw["grads"][src][0])
+        assert not torch.allclose(ref["grads"]["double_pendulum"][src][1], raw["grads"][src][1])
+
+
+def test_esnr_locomotion_uses_the_stores_pwm_model_and_skips_envs_without_one(tmp_path: Path) -> None:
+    from pwm_bench.datasets import RecordingEnv
+    from pwm_bench.envs import make_env
+    from pwm_bench.pretrain import PretrainConfig, pretrain_world_model
+    from pwm_bench.world_model import sized_config
+
+    res = cli("plot", "esnr-locomotion", "--scale", "smoke", "--out", str(tmp_path))
+    assert res.returncode == 2 and "pwm-bench run --algo pwm" in res.stderr and "Traceback" not in res.stderr
+    env = make_env("hopper", 4)
+    rec = RecordingEnv.into(tmp_path / "datasets" / "hop", env, "hopper", {"algo": "random"})
+    rec.reset(seed=0)
+    for _ in range(24):
+        rec.step(torch.rand(4, env.act_dim) * 2 - 1)
+    rec.close()
+    wm = sized_config("pwm", latent_dim=16, mlp_dim=32, enc_dim=32)
+    cfg = PretrainConfig(steps=4, batch_size=8, horizon=4, eval_every=4)
+    pretrain_world_model(tmp_path / "datasets" / "hop", tmp_path / "world_models" / "pwm-hopper-test", cfg, wm)
+    study = run_study("esnr-locomotion", tmp_path, "smoke")
+    man = json.loads((study.folder / "manifest.json").read_text())
+    assert man["numbers"]["skipped"] == ["ant"]
+    assert man["numbers"]["world_models"]["hopper"].endswith("pwm-hopper-test")
+    grads = torch.load(study.folder / "grads.pt", weights_only=False)["grads"]["hopper"]
+    default, stiff, model = grads.values()
+    assert default.shape == (3, 4, 16 * 16 + 16 + 16 * 3 + 3 + 3) and torch.isfinite(default).all()
+    # the hopper starts 4 cm above the ground and lands at about the 6th step: before that the contact
+    # stiffness cannot matter, after it the gradient differs; the model's differs from both
+    assert torch.equal(default[0], stiff[0]) and not torch.allclose(default[2], stiff[2])
+    assert not torch.allclose(default[0], model[0])
+    assert (study.folder / "esnr.png").stat().st_size > 1000
