@@ -79,14 +79,15 @@ class Collected:
     def group(self, algo: str, env_label: str) -> list[RunData]:
         """Completed runs of one (algo, env) cell group, in seed order."""
         return sorted(
-            (r for r in self.runs if r.cell.algo == algo and r.cell.env_label == env_label), key=lambda r: r.cell.seed
+            (r for r in self.runs if r.cell.algo_label == algo and r.cell.env_label == env_label),
+            key=lambda r: r.cell.seed,
         )
 
 
 def selection_cells(sel: Selection, out: Path) -> list[Cell]:
     """Every cell of ``sel`` (their run folders under ``out``)."""
     return [
-        make_cell(a, case.env, s, sel.preset, sel.cell_overrides(a, case), out, case.name)
+        make_cell(sel.algo_name(a), case.env, s, sel.preset, sel.cell_overrides(a, case), out, case.name, a)
         for case in sel.envs
         for a in sel.algos
         for s in sel.seeds
@@ -101,7 +102,7 @@ def collect(sel: Selection, out: Path) -> Collected:
     runs: list[RunData] = []
     warnings: list[str] = []
     for c in cells:
-        what = f"{c.algo} on {c.env_label} seed {c.seed}"
+        what = f"{c.algo_label} on {c.env_label} seed {c.seed}"
         status = cell_status(c)
         if status == "missing":
             warnings.append(f"missing cell: {what} (no run at {c.run_dir})")
@@ -125,7 +126,7 @@ def collect(sel: Selection, out: Path) -> Collected:
         )
     for case in sel.envs:
         for a in sel.algos:
-            n = sum(1 for r in runs if r.cell.algo == a and r.cell.env_label == case.name)
+            n = sum(1 for r in runs if r.cell.algo_label == a and r.cell.env_label == case.name)
             if 0 < n < len(sel.seeds):
                 warnings.append(f"{a} on {case.name}: {n} of {len(sel.seeds)} seeds completed")
     warnings += identical_series(runs)
@@ -145,8 +146,8 @@ def identical_series(runs: Sequence[RunData]) -> list[str]:
         if key in seen:
             o = seen[key].cell
             out.append(
-                f"identical evaluation series: {r.cell.algo}/{r.cell.env_label}/seed {r.cell.seed} and "
-                f"{o.algo}/{o.env_label}/seed {o.seed} ({r.cell.run_dir}, {o.run_dir}); one may be a copy"
+                f"identical evaluation series: {r.cell.algo_label}/{r.cell.env_label}/seed {r.cell.seed} and "
+                f"{o.algo_label}/{o.env_label}/seed {o.seed} ({r.cell.run_dir}, {o.run_dir}); one may be a copy"
             )
         else:
             seen[key] = r
@@ -297,7 +298,18 @@ def compute_scores(col: Collected, reps: int = BOOTSTRAP_REPS, out: Path | None 
             log.warning("%s", msg)
     ref = load_reference(sel.experiment.reference, out)
     pub = published_normalizers(ref, norm_algo)
-    published_norm = {case.name: pub[case.env] for case in sel.envs if case.env in pub and not case.options}
+    published_norm = {}
+    for case in sel.envs:
+        if case.name in pub:
+            published_norm[case.name] = pub[case.name]
+        elif case.env in pub and not case.options:
+            published_norm[case.name] = pub[case.env]
+    # columns normalised by another column's normaliser (every stiffness by the default one's PPO)
+    for label, src in sel.experiment.normalize_with.items():
+        for norm in (sweep_norm, published_norm):
+            norm.pop(label, None)
+            if src in norm:
+                norm[label] = norm[src]
     return Scores(curves, final, best, sweep_norm, published_norm, ref)
 
 

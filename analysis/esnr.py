@@ -333,6 +333,8 @@ def compute(root: Path, scale_name: str, protocol: str, seed: int = 0) -> dict[s
 LOCOMOTION_ENVS = ("hopper", "ant")
 STIFF_CONTACT = {"contact_ke": 1.0e5, "contact_kd": 1.0e4}
 """The paper's stiff hopper (ke 1e5, kd 1e4)."""
+HOPPER_STIFFER = (5.0e4, 1.0e5, 2.0e5)
+"""The hopper's stiffer contacts (kd = ke / 10): the ``stiffness`` experiment's axis beyond the default."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,17 +365,24 @@ def find_pretrained(root: Path, env: str) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _contacts(name: str) -> list[dict[str, float]]:
+    """Env options of the stiffer simulators of ``name`` (the hopper: the stiffness axis; the ant: 1e5)."""
+    if name == "hopper":
+        return [{"contact_ke": ke, "contact_kd": ke / 10} for ke in HOPPER_STIFFER]
+    return [dict(STIFF_CONTACT)]
+
+
 def _locomotion_sources(
-    default: Any, stiff: Any, model: Any, obs0: torch.Tensor, detach: bool
+    sims: Sequence[Any], model: Any, obs0: torch.Tensor, detach: bool
 ) -> dict[str, Callable[[torch.Tensor], Rollout]]:
-    c = default.cfg
-    return {
-        f"simulator (ke {c.contact_ke:.0e}, kd {c.contact_kd:.0e})": lambda eps: sim_return(
-            default, model.encode, eps, detach
-        ),
-        "simulator stiff (ke 1e+05, kd 1e+04)": lambda eps: sim_return(stiff, model.encode, eps, detach),
-        "PWM model": lambda eps: model_return(model, obs0, eps, detach),
-    }
+    """The simulators (the default contact first, then the stiffer ones) and the PWM model."""
+    out: dict[str, Callable[[torch.Tensor], Rollout]] = {}
+    for i, env in enumerate(sims):
+        c = env.cfg
+        label = f"simulator{' stiff' if i else ''} (ke {c.contact_ke:.0e}, kd {c.contact_kd:.0e})"
+        out[label] = lambda eps, env=env: sim_return(env, model.encode, eps, detach)
+    out["PWM model"] = lambda eps: model_return(model, obs0, eps, detach)
+    return out
 
 
 def compute_locomotion(root: Path, scale_name: str, protocol: str, seed: int = 0) -> dict[str, Any]:
@@ -398,11 +407,14 @@ def compute_locomotion(root: Path, scale_name: str, protocol: str, seed: int = 0
         model = load_world_model(wm_dir)
         for q in model.parameters():
             q.requires_grad_(False)
-        default = make_env(name, scale.samples, "cpu", differentiable=True, stochastic_init=False)
-        stiff = make_env(name, scale.samples, "cpu", differentiable=True, stochastic_init=False, **STIFF_CONTACT)
+        sims = [
+            make_env(name, scale.samples, "cpu", differentiable=True, stochastic_init=False, **opts)
+            for opts in [{}, *_contacts(name)]
+        ]
+        default = sims[0]
         obs0 = default.reset(seed=0)[0].detach()
         policy = LatentPolicy.init(model.cfg.latent_dim, default.act_dim, scale.policy_hidden, seed=seed)
-        sources = _locomotion_sources(default, stiff, model, obs0, detach)
+        sources = _locomotion_sources(sims, model, obs0, detach)
         grads, returns = sample_gradients(
             sources, policy, scale.horizons, scale.samples, default.act_dim, seed, f"esnr-locomotion {name}"
         )

@@ -76,6 +76,15 @@ class Experiment:
         reference: name of the published table in ``results/reference/`` drawn beside the
             measured scores (None: none).
         focus: the algorithm whose probability of improvement over each other one is plotted.
+        normalize_with: env label → the label of the column whose normaliser it uses (the
+            stiffness ablation divides every stiffness by the default-stiffness PPO); columns not
+            listed use their own.
+        variants: algorithm rows that run a registered algorithm with extra overrides: label →
+            ``(algo, overrides)`` (``"pwm-mish": ("pwm", {"wm_variant": "mish"})``); a label in
+            ``algos`` that is not a variant is an algorithm name.
+        extra_metrics: logged training metrics (``metrics.csv`` columns) that the table also
+            reports per algorithm and column: each run's median over training, IQM over the seeds
+            (blank for algorithms that do not log it).
     """
 
     name: str
@@ -88,6 +97,13 @@ class Experiment:
     normalizer: str | None = "ppo"
     reference: str | None = None
     focus: str | None = "pwm"
+    normalize_with: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    extra_metrics: tuple[str, ...] = ()
+    variants: Mapping[str, tuple[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+
+    def algo_name(self, label: str) -> str:
+        """The registered algorithm of an algorithm row (a variant's algorithm, or the label itself)."""
+        return self.variants[label][0] if label in self.variants else label
 
     def scale(self, name: str) -> Scale:
         """The scale called ``name``; raises :class:`UsageError` naming the valid ones."""
@@ -115,10 +131,18 @@ class Selection:
     overrides: Mapping[str, Any]
     """Overrides common to every cell (experiment, scale and command line)."""
 
+    def algo_name(self, label: str) -> str:
+        """The registered algorithm of the algorithm row ``label``."""
+        return self.experiment.algo_name(label)
+
     def cell_overrides(self, algo: str, case: EnvCase) -> dict[str, Any]:
-        """All ``--set`` overrides of the cell (``env.`` prefixed for the env's options)."""
+        """All ``--set`` overrides of the cell of algorithm row ``algo`` (``env.`` prefixed for the env's
+        options): the selection's, the algorithm's, the variant's, then the env's."""
+        exp = self.experiment
         ov = dict(self.overrides)
-        ov.update(self.experiment.algo_overrides.get(algo, {}))
+        ov.update(exp.algo_overrides.get(exp.algo_name(algo), {}))
+        if algo in exp.variants:
+            ov.update(exp.variants[algo][1])
         ov.update({f"env.{k}": v for k, v in case.options.items()})
         return ov
 
@@ -149,7 +173,7 @@ def select(
     if not chosen_algos:
         raise UsageError("--algos needs at least one algorithm")
     for a in chosen_algos:
-        get_algorithm(a)
+        get_algorithm(exp.algo_name(a))
     if envs:
         labels = {c.name: c for c in exp.envs}
         cases = []
@@ -205,6 +229,15 @@ def _snu_files_given() -> bool:
     return True
 
 
+def standard_scales(smoke: Scale, cpu: Scale | None = None, paper: Scale | None = None) -> dict[str, Scale]:
+    """The usual three scales: ``smoke`` as given, ``cpu`` 3 seeds and ``paper`` 5 seeds unless given."""
+    return {
+        "smoke": smoke,
+        "cpu": cpu or Scale(preset="cpu", seeds=3),
+        "paper": paper or Scale(preset="paper", seeds=5),
+    }
+
+
 def _single_task() -> Experiment:
     envs = [EnvCase("hopper"), EnvCase("ant"), EnvCase("humanoid"), EnvCase("muscle_humanoid")]
     if _snu_files_given():
@@ -217,12 +250,8 @@ def _single_task() -> Experiment:
         ),
         algos=("ppo", "sac", "shac", "tdmpc2", "pwm"),
         envs=tuple(envs),
-        scales={
-            # smoke: every algorithm's wiring on the hopper in minutes (runs do not learn); CI runs it
-            "smoke": Scale(preset="smoke", seeds=2, envs=("hopper",)),
-            "cpu": Scale(preset="cpu", seeds=3),
-            "paper": Scale(preset="paper", seeds=5),
-        },
+        # smoke: every algorithm's wiring on the hopper in minutes (runs do not learn); CI runs it
+        scales=standard_scales(Scale(preset="smoke", seeds=2, envs=("hopper",))),
         normalizer="ppo",
         reference="pwm_single_task",
         focus="pwm",
@@ -230,6 +259,97 @@ def _single_task() -> Experiment:
 
 
 register_experiment(_single_task())
+
+STIFFNESS_KE = (2.0e4, 5.0e4, 1.0e5, 2.0e5)
+"""Hopper contact stiffnesses of the ``stiffness`` experiment [N/m]; the paper's stiff one is 1e5."""
+
+
+def _stiffness() -> Experiment:
+    # the env's default contact (ke 2e4, kd 1e3: DiffRL's hopper) is the first column; the stiffer
+    # ones take kd = ke / 10, as the paper's stiff hopper (ke 1e5, kd 1e4) does
+    envs = [EnvCase("hopper")] + [
+        EnvCase("hopper", {"contact_ke": ke, "contact_kd": ke / 10}, f"hopper ke {ke:.0e}".replace("+0", ""))
+        for ke in STIFFNESS_KE[1:]
+    ]
+    return Experiment(
+        name="stiffness",
+        description=(
+            "the contact-stiffness ablation: PPO, SHAC, PWM on the hopper at ke 2e4 (default), 5e4, 1e5 (the "
+            "paper's stiff one), 2e5, all normalised by the default-stiffness PPO"
+        ),
+        algos=("ppo", "shac", "pwm"),
+        envs=tuple(envs),
+        scales=standard_scales(Scale(preset="smoke", seeds=2, envs=("hopper", "hopper ke 1e5"))),
+        normalizer="ppo",
+        reference="pwm_stiffness",
+        focus="pwm",
+        normalize_with={c.name: "hopper" for c in envs[1:]},
+        # SHAC's actor gradient through the stiffer contact: its norm before clipping
+        extra_metrics=("grad_norm/actor",),
+    )
+
+
+register_experiment(_stiffness())
+
+
+def _wm_type() -> Experiment:
+    return Experiment(
+        name="wm-type",
+        description=(
+            "the world-model-type ablation: PWM with SimNorm (default), Mish (no SimNorm) and ReLU world models "
+            "on the hopper and the ant; the models' error on new data and gradient alignment beside the returns"
+        ),
+        algos=("pwm", "pwm-mish", "pwm-relu"),
+        envs=(EnvCase("hopper"), EnvCase("ant")),
+        variants={"pwm-mish": ("pwm", {"wm_variant": "mish"}), "pwm-relu": ("pwm", {"wm_variant": "relu"})},
+        scales=standard_scales(Scale(preset="smoke", seeds=2, envs=("hopper",))),
+        # no PPO in the grid: scores are normalised by the published PPO returns only
+        normalizer="ppo",
+        reference="pwm_wm_type",
+        focus="pwm",
+        # the model's loss on the newest data (before it trains on them) and the cosine between the
+        # gradients of the imagined and the simulated return (see `pwm-bench wm-check`)
+        extra_metrics=("wm/newest_consistency", "wm/newest_reward", "pwm/grad_cosine"),
+    )
+
+
+register_experiment(_wm_type())
+
+WM_BUDGETS = (2_000, 5_000, 20_000, 50_000, 100_000, 250_000)
+"""World-model pretraining budgets [gradient steps] of ``wm-budget``: 2k-50k at cpu, 50k-250k at paper."""
+
+
+def _budget_label(steps: int) -> str:
+    return f"pwm-wm{steps // 1000}k"
+
+
+def _wm_budget() -> Experiment:
+    labels = {b: _budget_label(b) for b in WM_BUDGETS}
+    return Experiment(
+        name="wm-budget",
+        description=(
+            "the world-model-budget ablation: PWM policies trained on frozen world models pretrained for "
+            "2k-50k (cpu) or 50k-250k (paper) steps, on the hopper"
+        ),
+        algos=tuple(labels.values()),
+        envs=(EnvCase("hopper"),),
+        # every policy gets the same budget on a model that is never fine-tuned
+        variants={lab: ("pwm", {"pretrain_steps": b, "finetune_wm": False}) for b, lab in labels.items()},
+        scales=standard_scales(
+            Scale(preset="smoke", seeds=2, algos=(labels[2_000], labels[5_000])),
+            Scale(preset="cpu", seeds=3, algos=tuple(labels[b] for b in (2_000, 5_000, 20_000, 50_000))),
+            Scale(preset="paper", seeds=5, algos=tuple(labels[b] for b in (50_000, 100_000, 250_000))),
+        ),
+        # the paper's numbers are on DMC tasks (and its PWM points were typed in by hand): nothing to
+        # normalise by or compare with on the hopper; raw returns
+        normalizer=None,
+        reference=None,
+        focus=None,
+        extra_metrics=("wm/newest_consistency", "wm/newest_reward", "pwm/grad_cosine"),
+    )
+
+
+register_experiment(_wm_budget())
 
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"

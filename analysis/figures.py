@@ -185,12 +185,19 @@ def plot_aggregates(col: Collected, scores: Scores, folder: Path, reps: int) -> 
     paths: list[Path] = []
     numbers: dict[str, Any] = {}
     norm_name = sel.experiment.normalizer or "—"
+    if sel.experiment.normalizer is None:
+        log.info("%s has no normaliser: aggregates over envs not drawn (raw returns only)", sel.experiment.name)
+        return paths, numbers
     for stem, norm, what in (
         ("aggregate", scores.sweep_norm, f"{norm_name}'s max IQM return in this sweep"),
         ("aggregate_published", scores.published_norm, f"the published {norm_name} normalisers"),
     ):
         envs_n = [e for e in envs if e in norm]
         if not envs_n:
+            if stem == "aggregate" and sel.experiment.normalizer not in algos:
+                # by design (the grid has no normaliser algorithm, or none at all): not a warning
+                log.info("%s: the selection has no %s runs to normalise by; figure not drawn", stem, norm_name)
+                continue
             col.warnings.append(f"{stem}: no env has a normaliser ({what}); figure not drawn")
             continue
         if len(envs_n) < len(envs):
@@ -210,6 +217,9 @@ def plot_aggregates(col: Collected, scores: Scores, folder: Path, reps: int) -> 
         if not rows:
             continue
         seeds = {a: min(len(scores.final.get((a, e), [])) for e in envs_n) for a in algos}
+        shared = sorted(set(sel.experiment.normalize_with.values()) & set(envs_n))
+        if shared:
+            what += f" of {', '.join(shared)} for {'its' if len(shared) == 1 else 'their'} variants"
         fig = _interval_panel(
             f"{sel.experiment.name} ({sel.scale}): scores / {what}; envs {', '.join(envs_n)}; "
             f"seeds {', '.join(f'{a} {n}' for a, n in seeds.items())}; bars: 95 % stratified-bootstrap CI",
@@ -224,6 +234,8 @@ def plot_profiles(col: Collected, scores: Scores, folder: Path, reps: int) -> li
     import matplotlib.pyplot as plt
 
     sel = col.selection
+    if sel.experiment.normalizer is None:
+        return []
     envs = [c.name for c in sel.envs if c.name in scores.sweep_norm]
     norm, what = scores.sweep_norm, f"{sel.experiment.normalizer} in this sweep"
     if not envs:
@@ -260,6 +272,8 @@ def plot_improvement(col: Collected, scores: Scores, folder: Path, reps: int) ->
     sel = col.selection
     focus = sel.experiment.focus
     envs = [c.name for c in sel.envs]
+    if focus is None:
+        return [], {}
     if focus not in sel.algos:
         col.warnings.append(f"improvement: focus algorithm {focus!r} not in the selection; figure not drawn")
         return [], {}
@@ -314,8 +328,11 @@ def score_table(col: Collected, scores: Scores) -> Any:
         for a in sel.algos:
             fin, best, curve = scores.final.get((a, env)), scores.best.get((a, env)), scores.curves.get((a, env))
             pub = None
-            if ref is not None and not case.options:
-                m = ref[(ref["env"] == case.env) & (ref["algo"] == a)]
+            if ref is not None:
+                # published rows are keyed by the column's label, or by the env name for a column without options
+                m = ref[(ref["env"] == case.name) & (ref["algo"] == a)]
+                if not len(m) and not case.options:
+                    m = ref[(ref["env"] == case.env) & (ref["algo"] == a)]
                 pub = m.iloc[0] if len(m) else None
             sn, pn = scores.sweep_norm.get(env), scores.published_norm.get(env)
 
@@ -342,9 +359,75 @@ def score_table(col: Collected, scores: Scores) -> Any:
                     "best_norm_published": nz(best_iqm, pn),
                     "published_norm_score": float("nan") if pub is None else float(pub["normalized_score"]),
                     "published_iqm_return": float("nan") if pub is None else float(pub["iqm_return"]),
+                    **{f"{m} (median)": _metric_iqm(col.group(a, env), m) for m in sel.experiment.extra_metrics},
                 }
             )
     return pd.DataFrame(rows)
+
+
+def plot_columns(col: Collected, scores: Scores, table: Any, folder: Path) -> list[Path]:
+    """``columns.png|pdf``: per env column (the x axis: stiffness values, envs), each algorithm's
+    best-step score normalised by this sweep's normaliser, then each of the experiment's extra
+    metrics (median over training); lines join the IQMs over seeds, dots are single runs."""
+    import matplotlib.pyplot as plt
+
+    sel = col.selection
+    labels = [c.name for c in sel.envs]
+    metrics = list(sel.experiment.extra_metrics)
+    colors = _colors(sel.algos)
+    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3.4), squeeze=False)
+    x = np.arange(len(labels))
+    t = table.set_index(["env", "algo"])
+    # the sweep's normaliser when it ran, else the published one, else raw returns
+    norm_name = sel.experiment.normalizer
+    if norm_name and scores.sweep_norm:
+        norm, key, what = scores.sweep_norm, "best_norm_sweep", f"best-step score / {norm_name}'s (this sweep)"
+    elif norm_name and scores.published_norm:
+        norm, key, what = scores.published_norm, "best_norm_published", f"best-step score / published {norm_name}"
+    else:
+        norm, key, what = {c: 1.0 for c in labels}, "best_iqm", "best-step return"
+    for k, ax in enumerate(axes[0]):
+        for j, a in enumerate(sel.algos):
+            dx = (j - (len(sel.algos) - 1) / 2) * 0.06
+            ys = []
+            for i, env in enumerate(labels):
+                if k == 0:
+                    n = norm.get(env)
+                    runs = scores.best.get((a, env))
+                    ys.append(t.loc[(env, a), key] if (env, a) in t.index else np.nan)
+                    pts = [] if runs is None or n is None else list(runs / n)
+                else:
+                    col_name = f"{metrics[k - 1]} (median)"
+                    ys.append(t.loc[(env, a), col_name] if (env, a) in t.index else np.nan)
+                    pts = _metric_medians(col.group(a, env), metrics[k - 1])
+                ax.plot([i + dx] * len(pts), pts, ".", color=colors[a], alpha=0.5, ms=5)
+            ax.plot(x + dx, ys, "-o", color=colors[a], label=a, ms=5, lw=1.4)
+        ax.set_xticks(x, labels, rotation=15)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_ylabel(what if k == 0 else f"{metrics[k - 1]} (median over training)")
+        ax.set_title("policy" if k == 0 else metrics[k - 1], fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{sel.experiment.name} ({sel.scale}): IQM over seeds (lines) and single runs (dots)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, folder, "columns")
+
+
+def _metric_medians(runs: Sequence[Any], metric: str) -> list[float]:
+    """Each run's median of logged ``metric`` (runs that do not log it are left out)."""
+    from pwm_bench.store import load_metrics
+
+    meds = []
+    for r in runs:
+        df = load_metrics(r.cell.run_dir)
+        if metric in df and df[metric].notna().any():
+            meds.append(float(df[metric].median()))
+    return meds
+
+
+def _metric_iqm(runs: Sequence[Any], metric: str) -> float:
+    """IQM over ``runs`` of each run's median of logged ``metric`` (NaN if no run logs it)."""
+    meds = _metric_medians(runs, metric)
+    return iqm(np.array(meds)) if meds else float("nan")
 
 
 def _markdown(df: Any, sel: Selection) -> str:
@@ -356,12 +439,17 @@ def _markdown(df: Any, sel: Selection) -> str:
         "| best / sweep PPO | best / published PPO | published (PPO-norm.) | published IQM return |\n"
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
+    extra = [f"{m} (median)" for m in sel.experiment.extra_metrics]
+    if extra:
+        first, second = head.split("\n")[:2]
+        head = first + "".join(f" {c} |" for c in extra) + "\n" + second + "---:|" * len(extra) + "\n"
     lines = [
-        f"| {r.env} | {r.algo} | {r.seeds} | {f(r.final_iqm)} | {f(r.final_mean)} ± {f(r.final_std)} | "
-        f"{f(r.best_iqm)} | {f(r.best_mean)} ± {f(r.best_std)} | {f(r.best_at_steps, 0)} | "
-        f"{f(r.best_norm_sweep, 2)} | {f(r.best_norm_published, 2)} | {f(r.published_norm_score, 2)} | "
-        f"{f(r.published_iqm_return)} |"
-        for r in df.itertuples()
+        f"| {r['env']} | {r['algo']} | {r['seeds']} | {f(r['final_iqm'])} | {f(r['final_mean'])} ± "
+        f"{f(r['final_std'])} | {f(r['best_iqm'])} | {f(r['best_mean'])} ± {f(r['best_std'])} | "
+        f"{f(r['best_at_steps'], 0)} | {f(r['best_norm_sweep'], 2)} | {f(r['best_norm_published'], 2)} | "
+        f"{f(r['published_norm_score'], 2)} | {f(r['published_iqm_return'])} |"
+        + "".join(f" {f(r[c], 3)} |" for c in extra)
+        for r in df.to_dict("records")
     ]
     note = (
         f"\n{sel.experiment.name}, scale {sel.scale} (preset {sel.preset}). Returns: undiscounted evaluation "
@@ -389,7 +477,8 @@ def manifest(col: Collected, files: Sequence[Path], numbers: dict[str, Any], out
                 "path": str(r.cell.run_dir.relative_to(out))
                 if r.cell.run_dir.is_relative_to(out)
                 else str(r.cell.run_dir),
-                "algo": r.cell.algo,
+                "algo": r.cell.algo_label,
+                "algorithm": r.cell.algo,
                 "env": r.cell.env,
                 "env_label": r.cell.env_label,
                 "seed": r.cell.seed,
@@ -450,6 +539,8 @@ def plot_experiment(sel: Selection, out: Path, reps: int = BOOTSTRAP_REPS) -> Pl
         if imp_numbers:
             numbers["probability_of_improvement"] = imp_numbers
         table = score_table(col, scores)
+        if sel.experiment.extra_metrics:
+            files += plot_columns(col, scores, table, folder)
         atomic_write_text(folder / "table.csv", table.to_csv(index=False))
         atomic_write_text(folder / "table.md", _markdown(table, sel))
         files += [folder / "table.csv", folder / "table.md"]

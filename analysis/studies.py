@@ -290,7 +290,23 @@ def _loglog_slope(hs: list[int], y: list[float]) -> float:
     return float(np.polyfit(x, yy, 1)[0])
 
 
-_SOURCE_COLORS = ("k", "tab:blue", "tab:orange", "tab:green", "tab:red")
+_SOURCE_COLORS = {
+    "simulator": "k",
+    "model H=3": "tab:orange",
+    "model H=16": "tab:green",
+    "PWM model": "tab:red",
+    "ke 5e+04": "tab:blue",
+    "ke 1e+05": "tab:purple",
+    "ke 2e+05": "tab:brown",
+}
+"""Colours of the gradient sources, the same in every panel (stiffer simulators by their ke)."""
+
+
+def _source_color(label: str) -> str:
+    for key, color in _SOURCE_COLORS.items():
+        if key != "simulator" and key in label:
+            return color
+    return "k" if label.startswith("simulator") else "tab:gray"
 
 
 def _gradient_study_outputs(
@@ -333,8 +349,8 @@ def _gradient_study_outputs(
     fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.4 * len(panels)), squeeze=False)
     for (env, cs), row in zip(curves.items(), axes, strict=True):
         for key, ax, label in zip(("variance", "esnr"), row, ("Var[∇J] (mean over parameters)", "ESNR"), strict=True):
-            for (src, c), color in zip(cs.items(), _SOURCE_COLORS, strict=False):
-                ax.plot(hs, c[key], color=color, lw=1.4, marker="." if len(hs) < 10 else None, label=src)
+            for src, c in cs.items():
+                ax.plot(hs, c[key], color=_source_color(src), lw=1.4, marker="." if len(hs) < 10 else None, label=src)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("horizon h [control steps of 1/60 s]")
@@ -423,7 +439,8 @@ def _esnr_locomotion(scale: str, protocol: str | None, folder: Path) -> tuple[li
     note = (
         "Hopper and ant from their default pose at rest (no stochastic init, no resets within a rollout), a fresh "
         "policy tanh(mu(z) + sigma eps) on the latent of the pretrained PWM world model (its encoder also feeds "
-        "the policy in the simulator rollouts); the same eps for the three sources. Stiff: contact ke 1e5, kd 1e4. "
+        "the policy in the simulator rollouts); the same eps for every source. Stiffer contact: kd = ke / 10 "
+        "(the paper's stiff hopper: ke 1e5). "
         "World models: "
         + "; ".join(f"{env}: {p['world_model']}" for env, p in res["envs"].items())
         + (f". Skipped (no pretrained model): {', '.join(res['skipped'])}." if res["skipped"] else ".")
@@ -461,7 +478,8 @@ register_study(
 register_study(
     Study(
         "esnr-locomotion",
-        "gradient variance and ESNR against horizon on hopper and ant: simulator (default, stiff) vs the PWM model",
+        "gradient variance and ESNR against horizon on hopper and ant: simulator (default and stiffer contact) vs "
+        "the PWM model",
         _esnr_locomotion,
         protocols=("full", "reference"),
     )

@@ -59,6 +59,8 @@ class Cell:
         overrides: every ``--set`` override of the run (``env.``-prefixed for env options).
         run_dir: the run's folder in the results store.
         label: the env column it belongs to in figures and tables (default: ``env``).
+        variant: the algorithm row it belongs to when an experiment runs one algorithm in several
+            variants (``pwm-mish``: PWM with a Mish world model; default: ``algo``).
     """
 
     algo: str
@@ -68,10 +70,15 @@ class Cell:
     overrides: Mapping[str, Any]
     run_dir: Path
     label: str = ""
+    variant: str = ""
 
     @property
     def env_label(self) -> str:
         return self.label or self.env
+
+    @property
+    def algo_label(self) -> str:
+        return self.variant or self.algo
 
     @property
     def tag(self) -> str:
@@ -83,11 +90,13 @@ def cell_tag(algo: str, env: str, preset: str, overrides: Mapping[str, Any]) -> 
     """Short stable hash of a cell's fully resolved algorithm and env configs (part of its run id).
 
     Resolved values, not the preset name, go in: after a preset changes, a sweep starts new runs
-    instead of reusing runs made with the old values. Raises :class:`UsageError` on an override
+    instead of reusing runs made with the old values. A field added later sits out of the hash at
+    its neutral value (:func:`~pwm_bench.config.neutral`), so stored runs keep their ids. Raises
+    :class:`UsageError` on an override
     that the algorithm or env does not have.
     """
     from pwm_bench.algos import get_algorithm
-    from pwm_bench.config import apply_overrides, to_dict
+    from pwm_bench.config import apply_overrides, identity_dict
     from pwm_bench.envs import env_spec
     from pwm_bench.runner import split_overrides
 
@@ -95,12 +104,19 @@ def cell_tag(algo: str, env: str, preset: str, overrides: Mapping[str, Any]) -> 
     algo_ov, env_ov = split_overrides(overrides)
     cfg = apply_overrides(spec.config.from_preset(preset, env), algo_ov, what=f"{algo} config key")
     env_cfg = apply_overrides(env_spec(env).config(), env_ov, what=f"'{env}' env option")
-    text = json.dumps({"algo": to_dict(cfg), "env": to_dict(env_cfg)}, sort_keys=True, default=str)
+    text = json.dumps({"algo": identity_dict(cfg), "env": identity_dict(env_cfg)}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
 def make_cell(
-    algo: str, env: str, seed: int, preset: str, overrides: Mapping[str, Any], out: Path, label: str = ""
+    algo: str,
+    env: str,
+    seed: int,
+    preset: str,
+    overrides: Mapping[str, Any],
+    out: Path,
+    label: str = "",
+    variant: str = "",
 ) -> Cell:
     """The cell of ``algo`` on ``env`` (validated: raises :class:`UsageError`)."""
     from pwm_bench.algos import get_algorithm
@@ -116,7 +132,7 @@ def make_cell(
         raise UsageError(f"seeds must be non-negative, got {seed}")
     tag = cell_tag(algo, env, preset, overrides)
     run_dir = Path(out) / "runs" / env_dirname(env) / algo / f"cmp-{preset}-{tag}-s{seed}"
-    return Cell(algo, env, seed, preset, dict(overrides), run_dir, label)
+    return Cell(algo, env, seed, preset, dict(overrides), run_dir, label, "" if variant == algo else variant)
 
 
 def cell_status(cell: Cell) -> str:
@@ -232,7 +248,7 @@ class SweepMonitor:
                     self._walls.append(time.monotonic() - t0)
             elif status != "interrupted":
                 self.failed += 1
-            what = f"{cell.algo} · {cell.env_label} · seed {cell.seed}"
+            what = f"{cell.algo_label} · {cell.env_label} · seed {cell.seed}"
             if status in ("completed", "interrupted"):
                 log.info("%s: %s%s", what, status, f" ({detail})" if detail else "")
             else:
@@ -256,14 +272,16 @@ def pending(cells: Sequence[Cell], retry_failed: bool = False) -> list[Cell]:
         if status == "failed" and not retry_failed:
             log.warning(
                 "%s · %s · seed %d failed earlier (%s); left alone (retry with --retry-failed)",
-                c.algo,
+                c.algo_label,
                 c.env_label,
                 c.seed,
                 read_summary(c.run_dir).get("error", "no error recorded"),
             )
             continue
         if status == "running":
-            log.warning("%s · %s · seed %d is running in another process; left alone", c.algo, c.env_label, c.seed)
+            log.warning(
+                "%s · %s · seed %d is running in another process; left alone", c.algo_label, c.env_label, c.seed
+            )
             continue
         todo.append(c)
     return todo

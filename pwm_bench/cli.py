@@ -247,7 +247,7 @@ def sweep(
     )
     if dry_run:
         for c, st in zip(cells, states, strict=True):
-            typer.echo(f"  {st:<11} {c.algo:<8} {c.env_label:<16} seed {c.seed}  {c.run_dir}")
+            typer.echo(f"  {st:<11} {c.algo_label:<8} {c.env_label:<16} seed {c.seed}  {c.run_dir}")
         return
     parallel = jobs if launcher == "local" else max(1, len(cells))
     display = "bar" if fancy and (launcher == "ray" or jobs > 1) else "log"

@@ -255,6 +255,26 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+NEUTRAL = "neutral"
+"""Field metadata key: the value at which a field added after runs were stored leaves behaviour as it
+was. :func:`identity_dict` leaves such a field out at that value, so run ids stay the same."""
+
+
+def neutral(default: Any) -> Any:
+    """A config field added later whose ``default`` reproduces the behaviour before it existed."""
+    return dataclasses.field(default=default, metadata={NEUTRAL: default})
+
+
+def identity_dict(cfg: Any) -> dict[str, Any]:
+    """:func:`to_dict` without the fields that sit at their neutral value (see :func:`neutral`): what
+    a run's identity (its id's config hash) is computed from."""
+    d = to_dict(cfg)
+    for f in dataclasses.fields(cfg):
+        if NEUTRAL in f.metadata and getattr(cfg, f.name) == f.metadata[NEUTRAL]:
+            d.pop(f.name, None)
+    return d
+
+
 def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     """Rebuild a config dataclass of type ``cls`` from :func:`to_dict` output (type-checked)."""
     return apply_overrides(cls(), _flatten(data))

@@ -205,6 +205,105 @@ def test_env_options_are_part_of_the_cell() -> None:
     assert a.run_dir != b.run_dir and a.run_dir.parent == b.run_dir.parent
 
 
+def test_stiffness_is_registered_with_kd_a_tenth_of_ke_and_one_normaliser() -> None:
+    exp = experiments.get_experiment("stiffness")
+    assert exp.algos == ("ppo", "shac", "pwm") and exp.reference == "pwm_stiffness"
+    assert [c.name for c in exp.envs] == ["hopper", "hopper ke 5e4", "hopper ke 1e5", "hopper ke 2e5"]
+    assert exp.envs[0].options == {}
+    for case, ke in zip(exp.envs[1:], (5e4, 1e5, 2e5), strict=True):
+        assert case.options == {"contact_ke": ke, "contact_kd": ke / 10}
+        assert exp.normalize_with[case.name] == "hopper"
+    sel = select(exp, "smoke")
+    assert [c.name for c in sel.envs] == ["hopper", "hopper ke 1e5"] and sel.seeds == (0, 1)
+    cells = aggregate.selection_cells(sel, Path("r"))
+    stiff = [c for c in cells if c.env_label == "hopper ke 1e5"]
+    assert len(stiff) == 6 and all(c.overrides["env.contact_ke"] == 1e5 for c in stiff)
+
+
+STIFF_SYNTH = Experiment(
+    name="test-stiff",
+    description="test only",
+    algos=("ppo", "shac"),
+    envs=(EnvCase("hopper"), EnvCase("hopper", {"contact_ke": 1e5, "contact_kd": 1e4}, "hopper ke 1e5")),
+    scales={"smoke": Scale(preset="smoke", seeds=4)},
+    normalizer="ppo",
+    reference="pwm_stiffness",
+    focus="shac",
+    normalize_with={"hopper ke 1e5": "hopper"},
+    extra_metrics=("grad_norm/actor",),
+)
+
+
+def test_stiff_columns_are_normalised_by_the_default_stiffness_ppo(out: Path) -> None:
+    """PPO scores half as much on the stiff hopper and SHAC twice PPO's default score: normalised by
+    the default-stiffness PPO (not the stiff column's own), stiff PPO is 0.5 and stiff SHAC 2.0 at
+    the best IQM step; the published rows are matched by the column's label."""
+    sel = select(STIFF_SYNTH, "smoke")
+    for c in aggregate.selection_cells(sel, out):
+        factor = {("ppo", "hopper"): 1.0, ("shac", "hopper"): 2.0, ("ppo", "hopper ke 1e5"): 0.5}.get(
+            (c.algo, c.env_label), 2.0
+        )
+        write_run(c, STEPS, [factor * r for r in PPO_RETURNS[c.seed]])
+        if c.algo == "shac":  # SHAC logs its actor-gradient norm: median 2.5 + seed
+            df = pd.read_csv(c.run_dir / "metrics.csv")
+            df["grad_norm/actor"] = [1.0 + c.seed, 2.0 + c.seed, 3.0 + c.seed, 1e3]
+            atomic_write_text(c.run_dir / "metrics.csv", df.to_csv(index=False))
+    scores = aggregate.compute_scores(aggregate.collect(sel, out), reps=200, out=out)
+    assert scores.sweep_norm["hopper ke 1e5"] == scores.sweep_norm["hopper"] == pytest.approx(16.0)
+    assert scores.published_norm == {"hopper": 4742.3, "hopper ke 1e5": 4742.3}
+    table = figures.score_table(aggregate.collect(sel, out), scores).set_index(["env", "algo"])
+    assert table.loc[("hopper ke 1e5", "ppo"), "best_norm_sweep"] == pytest.approx(0.5)
+    assert table.loc[("hopper ke 1e5", "shac"), "best_norm_sweep"] == pytest.approx(2.0)
+    assert table.loc[("hopper ke 1e5", "shac"), "published_norm_score"] == pytest.approx(0.329)
+    assert table.loc[("hopper", "shac"), "published_norm_score"] == pytest.approx(1.02)
+    # the extra metric: IQM over seeds of each run's median (2.5, 3.5, 4.5, 5.5 -> IQM 4.0); PPO logs none
+    assert table.loc[("hopper ke 1e5", "shac"), "grad_norm/actor (median)"] == pytest.approx(4.0)
+    assert np.isnan(table.loc[("hopper", "ppo"), "grad_norm/actor (median)"])
+    md = figures._markdown(table.reset_index(), sel)
+    assert "grad_norm/actor (median) |" in md and "| 4.000 |" in md
+    res = figures.plot_experiment(sel, out, reps=50)
+    assert (res.folder / "columns.png").stat().st_size > 1000 and (res.folder / "columns.pdf").exists()
+
+
+def test_wm_type_runs_pwm_in_three_variants_under_one_algorithm() -> None:
+    exp = experiments.get_experiment("wm-type")
+    assert exp.algos == ("pwm", "pwm-mish", "pwm-relu")
+    sel = select(exp, "cpu")
+    assert [c.name for c in sel.envs] == ["hopper", "ant"] and sel.seeds == (0, 1, 2)
+    cells = {(c.algo_label, c.env_label, c.seed): c for c in aggregate.selection_cells(sel, Path("r"))}
+    mish, relu, simnorm = cells[("pwm-mish", "ant", 0)], cells[("pwm-relu", "ant", 0)], cells[("pwm", "ant", 0)]
+    assert mish.algo == relu.algo == simnorm.algo == "pwm" and simnorm.variant == ""
+    assert mish.overrides["wm_variant"] == "mish" and relu.overrides["wm_variant"] == "relu"
+    assert "wm_variant" not in simnorm.overrides
+    assert len({mish.run_dir, relu.run_dir, simnorm.run_dir}) == 3 and mish.run_dir.parent == simnorm.run_dir.parent
+    # the default variant is the run PWM always made: its id does not change with the new option
+    assert simnorm.tag == sweep.make_cell("pwm", "ant", 0, "cpu", {"wm_variant": "simnorm"}, Path("r")).tag
+    # a variant's algorithm is validated; the variant label works on the command line
+    assert select(exp, "smoke", algos=["pwm-relu"]).algos == ("pwm-relu",)
+    with pytest.raises(experiments.UsageError, match="pwm"):
+        select(exp, "smoke", algos=["pwm-nope"])
+
+
+def test_a_field_at_its_neutral_value_leaves_the_run_id_alone() -> None:
+    """Adding a config field whose default keeps the old behaviour (``neutral``) keeps stored run ids;
+    any other value is part of the id."""
+    import dataclasses
+
+    from pwm_bench.config import identity_dict, neutral
+
+    @dataclasses.dataclass
+    class Old:
+        lr: float = 1e-3
+
+    @dataclasses.dataclass
+    class New:
+        lr: float = 1e-3
+        variant: str = neutral("a")
+
+    assert identity_dict(New()) == identity_dict(Old()) == {"lr": 1e-3}
+    assert identity_dict(New(variant="b")) == {"lr": 1e-3, "variant": "b"}
+
+
 # --------------------------------------------------------------------------------------------------
 # sweeps: real runs on the point mass
 
@@ -372,3 +471,25 @@ def test_single_task_at_smoke_scale_from_a_fresh_store(out: Path) -> None:
     assert table.set_index("algo").loc["pwm", "published_norm_score"] == pytest.approx(1.20)
     man = json.loads((folder / "manifest.json").read_text())
     assert len(man["runs_used"]) == 10 and not man["warnings"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "cells"), [("stiffness", 12), ("wm-type", 6)])
+def test_rl_ablations_at_smoke_scale_from_a_fresh_store(out: Path, name: str, cells: int) -> None:
+    """`sweep NAME --scale smoke`, then `plot NAME --scale smoke`: figures (with the per-column panel),
+    table and manifest (about 5 minutes each on 2 cores)."""
+    res = cli("sweep", name, "--scale", "smoke", "--jobs", "2", "--out", str(out), timeout=1800)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{cells} completed" in res.stdout
+    res = cli("plot", name, "--scale", "smoke", "--reps", "200", "--out", str(out), timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    folder = out / "figures" / f"{name}-smoke"
+    for stem in ("curves", "aggregate", "columns"):
+        assert (folder / f"{stem}.png").stat().st_size > 1000 and (folder / f"{stem}.pdf").exists()
+    table = pd.read_csv(folder / "table.csv")
+    exp = experiments.get_experiment(name)
+    assert set(table["algo"]) == set(exp.algos) and (table["seeds"] == 2).all()
+    for m in exp.extra_metrics:
+        assert table[f"{m} (median)"].notna().any()
+    man = json.loads((folder / "manifest.json").read_text())
+    assert len(man["runs_used"]) == cells and not man["warnings"]

@@ -349,6 +349,15 @@ def test_pipeline_collects_pretrains_trains_and_caches_each_stage(out: Path) -> 
     assert offline.summary["env_steps"] == 0 and offline.summary["iterations"] == 12
     assert offline.summary["final_eval_return"] is not None
 
+    # online on a frozen model (the wm-budget ablation): the model never changes, and its error on the
+    # newest data is still reported
+    frozen = run_inprocess(out, algo="pwm", run_id="d", overrides={**PIPELINE, "finetune_wm": "false"})
+    assert frozen.status == "completed"
+    df = pd.read_csv(frozen.run_dir / "metrics.csv")
+    assert df["wm/newest_consistency"].notna().sum() >= 2 and "wm/consistency" not in df
+    kept = torch.load(frozen.run_dir / "checkpoints" / "latest.pt", weights_only=False)["algo_state"]["wm"]
+    assert all(torch.equal(pretrained[k], kept[k]) for k in pretrained)
+
 
 def test_bad_artefact_names_are_a_one_line_usage_error(out: Path) -> None:
     res = cli("run", "--algo", "pwm", "--env", "pointmass", "--set", "pwm.world_model=nope", "--out", str(out))

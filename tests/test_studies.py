@@ -245,7 +245,14 @@ def test_esnr_locomotion_uses_the_stores_pwm_model_and_skips_envs_without_one(tm
     assert man["numbers"]["skipped"] == ["ant"]
     assert man["numbers"]["world_models"]["hopper"].endswith("pwm-hopper-test")
     grads = torch.load(study.folder / "grads.pt", weights_only=False)["grads"]["hopper"]
-    default, stiff, model = grads.values()
+    assert list(grads) == [
+        "simulator (ke 2e+04, kd 1e+03)",
+        "simulator stiff (ke 5e+04, kd 5e+03)",
+        "simulator stiff (ke 1e+05, kd 1e+04)",
+        "simulator stiff (ke 2e+05, kd 2e+04)",
+        "PWM model",
+    ]
+    default, _, stiff, _, model = grads.values()
     assert default.shape == (3, 4, 16 * 16 + 16 + 16 * 3 + 3 + 3) and torch.isfinite(default).all()
     # the hopper starts 4 cm above the ground and lands at about the 6th step: before that the contact
     # stiffness cannot matter, after it the gradient differs; the model's differs from both

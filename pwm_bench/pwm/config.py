@@ -6,9 +6,9 @@ import dataclasses
 import logging
 from typing import Any, Literal
 
-from pwm_bench.config import TrainConfig
+from pwm_bench.config import TrainConfig, neutral
 from pwm_bench.errors import UsageError, unknown_choice
-from pwm_bench.world_model import MODEL_SIZES, sized_config
+from pwm_bench.world_model import MODEL_SIZES, VARIANTS, sized_config
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ class PWMConfig(TrainConfig):
     """Multi-task (``--env mt:<taskset>``): one dataset per task, in task order (set by the pipeline)."""
     wm_size: str = "pwm"
     """Architecture of a world model pretrained by the pipeline (see world_model.MODEL_SIZES)."""
+    wm_variant: str = neutral("simnorm")
+    """Latent heads of a pipeline-pretrained model: 'simnorm' (the reference), 'mish' (TD-MPC2's
+    architecture without SimNorm) or 'relu' (plain ReLU MLPs) — the paper's world-model-type ablation."""
     wm_latent_dim: int | None = None
     """Override of the size's latent dimension."""
     wm_mlp_dim: int | None = None
@@ -252,6 +255,8 @@ class PWMConfig(TrainConfig):
             raise UsageError(f"config 'wm_reward_clip' must be positive, got {self.wm_reward_clip}")
         if self.wm_size not in MODEL_SIZES:
             raise unknown_choice("world-model size", self.wm_size, list(MODEL_SIZES))
+        if self.wm_variant not in VARIANTS:
+            raise unknown_choice("world-model variant (wm_variant)", self.wm_variant, VARIANTS)
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise UsageError("config 'gamma' must be in (0, 1] and 'lam' in [0, 1]")
         if self.dynamics == "simulator" and self.mode != "online":
@@ -274,5 +279,6 @@ class PWMConfig(TrainConfig):
             mlp_dim=self.wm_mlp_dim,
             enc_dim=self.wm_enc_dim,
             termination=self.wm_termination,
+            variant=self.wm_variant,
             **extra,
         )

@@ -163,10 +163,10 @@ def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
     tuned = [p for n, p in wm.named_parameters() if cfg.finetune_encoder or not n.startswith("encoder.")]
     wm_opt = torch.optim.Adam(tuned, lr=cfg.wm_lr) if finetune else None
     ret_rms = RunningMeanStd(()).to(device)
+    # a frozen model (finetune_wm=false) keeps only the newest windows, to report its error on new data
+    capacity = min(cfg.replay_size, cfg.total_steps) if finetune else 2 * (cfg.horizon + 1) * env.num_envs
     replay = (
-        WindowReplay(min(cfg.replay_size, cfg.total_steps), env.num_envs, env.obs_dim, env.act_dim, device)
-        if finetune
-        else None
+        WindowReplay(capacity, env.num_envs, env.obs_dim, env.act_dim, device) if online and not simulator else None
     )
     grad_check = online and not simulator and cfg.grad_check_every > 0 and env.differentiable
     dataset = None
@@ -194,7 +194,7 @@ def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
         wm.load_state_dict(state["wm"])
         if wm_opt is not None:
             wm_opt.load_state_dict(state["wm_opt"])
-        if replay is not None:
+        if replay is not None and state.get("replay") is not None:
             replay.load_state_dict(state["replay"])
         epoch = int(state["epoch"])
 
@@ -236,7 +236,7 @@ def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
         metrics = actor_critic_update(window, actor, critics, actor_opt, critic_opt, ret_rms, cfg)
         if replay is not None:
             extra.update(newest_data_losses(wm, replay, cfg))
-            if len(replay) >= cfg.finetune_after and replay.can_sample(cfg.horizon):
+            if finetune and len(replay) >= cfg.finetune_after and replay.can_sample(cfg.horizon):
                 extra.update(finetune_world_model(wm, wm_opt, tuned, replay, dataset, cfg))
         epoch += 1
         run.log({**metrics, "pwm/epoch": epoch, **extra})
