@@ -279,6 +279,8 @@ def _stiffness() -> Experiment:
         ),
         algos=("ppo", "shac", "pwm"),
         envs=tuple(envs),
+        # PWM's model is pretrained on data of each column's own stiffness; `--algos pwm --set
+        # collect_default_env=true` starts every column from the default stiffness's model instead
         scales=standard_scales(Scale(preset="smoke", seeds=2, envs=("hopper", "hopper ke 1e5"))),
         normalizer="ppo",
         reference="pwm_stiffness",

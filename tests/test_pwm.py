@@ -358,6 +358,13 @@ def test_pipeline_collects_pretrains_trains_and_caches_each_stage(out: Path) -> 
     kept = torch.load(frozen.run_dir / "checkpoints" / "latest.pt", weights_only=False)["algo_state"]["wm"]
     assert all(torch.equal(pretrained[k], kept[k]) for k in pretrained)
 
+    # on a modified env, collect_default_env starts from the default env's data and model (cached)
+    heavy = run_inprocess(
+        out, algo="pwm", run_id="e", overrides={**PIPELINE, "env.mass": "2.0", "collect_default_env": "true"}
+    )
+    assert heavy.status == "completed"
+    assert list((out / "datasets").iterdir()) == datasets and list((out / "world_models").iterdir()) == models
+
 
 def test_bad_artefact_names_are_a_one_line_usage_error(out: Path) -> None:
     res = cli("run", "--algo", "pwm", "--env", "pointmass", "--set", "pwm.world_model=nope", "--out", str(out))

@@ -155,6 +155,10 @@ class PWMConfig(TrainConfig):
     """Preset of the collecting run."""
     collect_steps: int | None = None
     """Env steps of the collecting run (None: its preset's budget)."""
+    collect_default_env: bool = neutral(False)
+    """Collect the pretraining data on the env without the run's ``--set env.*`` options, so that a
+    run on a modified env (a stiffer contact) starts from the default env's world model; online
+    fine-tuning then trains it on the modified env. False: data from the run's own env."""
 
     def preset_overrides(self, preset: str, env: str) -> dict[str, Any]:
         over = self._preset(preset, env)

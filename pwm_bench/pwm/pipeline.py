@@ -55,7 +55,7 @@ def prepare(cfg: PWMConfig, ctx: Any) -> PWMConfig:
             cfg.dataset = str(resolve_artefact(cfg.dataset, "datasets", root))
         return cfg
     if cfg.dataset is None:
-        cfg.dataset = str(_collect_stage(cfg, ctx))
+        cfg.dataset = str(_collect_stage(cfg, ctx, env_overrides={} if cfg.collect_default_env else None))
     else:
         cfg.dataset = str(resolve_artefact(cfg.dataset, "datasets", root))
     cfg.world_model = str(_pretrain_stage(cfg, ctx, cfg.dataset))
