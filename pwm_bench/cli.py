@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pwm_bench.errors import UsageError
+from pwm_bench.errors import UsageError, unknown_choice
+from pwm_bench.store import check_name
 
 if TYPE_CHECKING:
     from pwm_bench.analysis.experiments import Selection
@@ -151,8 +152,26 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _split_names(text: str | None) -> list[str] | None:
-    return [a.strip() for a in text.split(",") if a.strip()] if text else None
+MAX_SEEDS = 1000
+"""Most seeds one command line may ask for."""
+
+
+def _split_names(text: str | None, what: str = "--algos") -> list[str] | None:
+    """Comma-separated names; an empty item (``ppo,,sac``) or a repeated one is a UsageError."""
+    if not text:
+        return None
+    names = [a.strip() for a in text.split(",")]
+    if any(not n for n in names):
+        raise UsageError(f"{what} {text!r} has an empty name; give comma-separated names like ppo,shac")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UsageError(f"{what} names {', '.join(dup)} more than once")
+    return names
+
+
+def _check_seeds(seeds: int | None) -> None:
+    if seeds is not None and not 0 < seeds <= MAX_SEEDS:
+        raise UsageError(f"--seeds must be in [1, {MAX_SEEDS}], got {seeds}")
 
 
 def _select(
@@ -162,11 +181,12 @@ def _select(
     from pwm_bench.analysis.experiments import get_experiment, select
     from pwm_bench.config import parse_set_options
 
+    _check_seeds(seeds)
     return select(
         get_experiment(experiment),
         scale,
         algos=_split_names(algos),
-        envs=_split_names(envs),
+        envs=_split_names(envs, "--envs"),
         seeds=seeds,
         overrides=parse_set_options(set_ or []),
     )
@@ -396,10 +416,11 @@ def compare(
 
     fancy = sys.stdout.isatty() and not quiet
     _setup_logging(fancy)
-    names = [a.strip() for a in algos.split(",") if a.strip()]
     try:
-        if seeds <= 0:
-            raise UsageError(f"--seeds must be positive, got {seeds}")
+        names = _split_names(algos) or []
+        if not names:
+            raise UsageError("--algos needs at least one algorithm")
+        _check_seeds(seeds)
         if jobs <= 0:
             raise UsageError(f"--jobs must be positive, got {jobs}")
         if at_steps is not None and at_steps <= 0:
@@ -498,8 +519,10 @@ def collect(
     fancy = sys.stdout.isatty() and not quiet
     _setup_logging(fancy)
     reporter = RichReporter() if fancy else LogReporter()
-    dataset = datasets_root(out) / (name or f"{env.replace(':', '-')}-{algo}-s{seed}")
     try:
+        dataset = datasets_root(out) / (
+            check_name(name, "--name") if name else f"{env.replace(':', '-')}-{algo}-s{seed}"
+        )
         env_spec(env)
         overrides = parse_set_options(set_ or [])
         if steps is not None:
@@ -618,10 +641,12 @@ def pretrain_wm(
         wm_cfg.validate()
         if dataset is None and not (resume and name):
             raise UsageError("--dataset is required (or --resume --name NAME)")
-        folder = world_models_root(out) / (name or f"{Path(str(dataset)).name}-{size}")
+        folder = world_models_root(out) / (check_name(name, "--name") if name else f"{Path(str(dataset)).name}-{size}")
         if dataset is None:
             import yaml
 
+            if not (folder / "config.yaml").is_file():
+                raise UsageError(f"--resume --name {name}: no world model to resume at {folder}")
             dataset = yaml.safe_load((folder / "config.yaml").read_text())["dataset"]
         ds_path = Path(dataset) if Path(dataset).is_dir() else datasets_root(out) / dataset
         summary = pretrain_world_model(ds_path, folder, cfg, wm_cfg, device=dev, resume=resume, reporter=reporter)
@@ -637,6 +662,10 @@ def pretrain_wm(
         f"held-out consistency {summary.get('heldout/consistency', float('nan')):.4g}, "
         f"reward {summary.get('heldout/reward', float('nan')):.4g} -> {folder}"
     )
+
+
+WM_CHECK_MAX_HORIZON = 1000
+"""Longest window of ``wm-check`` (a differentiable rollout of 1000 steps already takes minutes)."""
 
 
 @app.command(
@@ -664,6 +693,10 @@ def wm_check(
 
     _setup_logging(False)
     try:
+        if not 1 <= horizon <= WM_CHECK_MAX_HORIZON:
+            raise UsageError(f"--horizon must be in [1, {WM_CHECK_MAX_HORIZON}], got {horizon}")
+        if not 1 <= worlds <= 4096:
+            raise UsageError(f"--worlds must be in [1, 4096], got {worlds}")
         rows = check_pwm_run(run_dir, worlds=worlds, horizon=horizon, seed=seed, checkpoint=checkpoint)
     except UsageError as exc:
         raise _fail(str(exc)) from None
@@ -708,7 +741,15 @@ def list_(
 
     console = _console()
     try:
+        if algo is None and (preset != "cpu" or env != "gym:Pendulum-v1"):
+            raise UsageError("--preset and --env only apply with --algo (they choose the values it shows)")
         if algo is not None:
+            from pwm_bench.config import PRESETS
+            from pwm_bench.envs import env_spec as _env_spec
+
+            _env_spec(env)
+            if preset not in PRESETS:
+                raise unknown_choice("preset", preset, PRESETS)
             spec = get_algorithm(algo)
             cfg = spec.config.from_preset(preset, env)
             docs = field_docs(spec.config)
@@ -802,6 +843,7 @@ def results(
 def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """One run's config and summary."""
     from rich.table import Table
+    from rich.text import Text
 
     from pwm_bench.store import read_config, read_summary
 
@@ -814,8 +856,8 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
     head.add_column("key", style="bold")
     head.add_column("value")
     for key in ("algo", "env", "seed", "preset", "created_at", "git_commit"):
-        head.add_row(key, str(cfg.get(key)))
-    head.add_row("device", f"{summary.get('device', '?')} (requested {cfg.get('device')})")
+        head.add_row(key, Text(str(cfg.get(key))))
+    head.add_row("device", Text(f"{summary.get('device', '?')} (requested {cfg.get('device')})"))
     for key in (
         "status",
         "env_steps",
@@ -827,9 +869,9 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
         "resumes",
     ):
         if key in summary:
-            head.add_row(key, str(summary[key]))
+            head.add_row(key, Text(str(summary[key])))
     if summary.get("error"):
-        head.add_row("error", summary["error"])
+        head.add_row("error", Text(str(summary["error"])))  # stored text, not markup
     console.print(head)
     for section in ("algo_config", "env_config"):
         values = cfg.get(section) or {}
@@ -838,7 +880,7 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
             t.add_column("key", style="cyan")
             t.add_column("value")
             for k, v in values.items():
-                t.add_row(k, str(v))
+                t.add_row(k, Text(str(v)))
             console.print(t)
     versions = summary.get("versions") or {}
     if versions:

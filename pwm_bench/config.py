@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,8 @@ from typing import Any, Literal, Self, get_args, get_origin
 from pwm_bench.errors import UsageError, unknown_choice
 
 PRESETS: tuple[str, ...] = ("smoke", "cpu", "paper")
+MAX_NUM_ENVS = 2**20
+"""Most parallel worlds a config may ask for (more would only fail allocating memory)."""
 """Names of the presets every algorithm config provides."""
 
 PRESET_HELP: dict[str, str] = {
@@ -77,6 +80,14 @@ class TrainConfig:
         for name in ("total_steps", "num_envs", "eval_every", "eval_episodes"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"config '{name}' must be positive, got {getattr(self, name)}")
+        if self.num_envs > MAX_NUM_ENVS:
+            raise UsageError(f"config 'num_envs' must be at most {MAX_NUM_ENVS:,}, got {self.num_envs:,}")
+        # layer widths (actor_hidden, critic_hidden, hidden, ...): every layer needs a unit
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            widths = value if f.name.endswith("hidden") and isinstance(value, tuple | list) else ()
+            if any(not isinstance(w, int) or w <= 0 for w in widths):
+                raise UsageError(f"config '{f.name}' needs positive layer widths, got {list(value)}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,7 +176,10 @@ def coerce(value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ValueError
-        return float(value)
+        f = float(value)
+        if not math.isfinite(f):  # no config value means nan or inf (a clamp "off" is None or 0)
+            raise ValueError
+        return f
     if tp is str:
         if isinstance(value, str):
             return value

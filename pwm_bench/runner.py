@@ -28,11 +28,20 @@ from pwm_bench.envs import env_spec, make_env
 from pwm_bench.errors import NonFiniteError, RunInterrupted, UsageError, unknown_choice
 from pwm_bench.progress import Reporter
 from pwm_bench.run import Run, git_commit, seed_everything
-from pwm_bench.store import DEFAULT_ROOT, env_dirname, read_config, read_summary, remove_stale_temporaries
+from pwm_bench.store import (
+    DEFAULT_ROOT,
+    check_name,
+    env_dirname,
+    read_config,
+    read_summary,
+    remove_stale_temporaries,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "cpu"
+MAX_SEED = 2**31 - 1
+"""Largest seed (numpy's and every generator's seeds fit in it)."""
 ENV_KEY_PREFIX = "env."
 """Overrides whose key starts with this go to the environment's config, the rest to the algorithm's."""
 
@@ -119,6 +128,8 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
                 raise UsageError(f"--resume: the run has {field} {record.get(field)!r}; cannot change it to {given!r}")
         if req.overrides:
             raise UsageError("--resume: --set cannot change a stored run's config; start a new run instead")
+        if req.run_id is not None and req.run_id != run_dir.name:
+            raise UsageError(f"--resume: the run's id is {run_dir.name!r}; --run-id {req.run_id!r} cannot rename it")
         status = read_summary(run_dir).get("status")
         if status == "completed":
             raise UsageError(f"--resume {run_dir}: the run already completed; nothing to resume")
@@ -135,8 +146,8 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
     if preset not in PRESETS:
         raise unknown_choice("preset", preset, PRESETS)
     seed = 0 if req.seed is None else req.seed
-    if seed < 0:
-        raise UsageError(f"--seed must be non-negative, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
     algo_ov, env_ov = split_overrides(req.overrides)
     # ``--set pwm.dataset=X`` is the same as ``--set dataset=X`` for algorithm pwm
     algo_ov = {k.removeprefix(f"{algo.name}."): v for k, v in algo_ov.items()}
@@ -145,7 +156,11 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
     env_cfg = apply_overrides(spec.config(), env_ov, what=f"'{req.env}' env option")
     if algo.requires_gradients and not spec.differentiable:
         raise UsageError(f"algorithm '{algo.name}' needs simulator gradients; env '{req.env}' has none")
-    run_id = req.run_id or f"{datetime.now():%Y%m%d-%H%M%S}-s{seed}-{secrets.token_hex(2)}"
+    run_id = (
+        check_name(req.run_id, "--run-id")
+        if req.run_id
+        else f"{datetime.now():%Y%m%d-%H%M%S}-s{seed}-{secrets.token_hex(2)}"
+    )
     run_dir = Path(req.out) / "runs" / env_dirname(req.env) / algo.name / run_id
     if run_dir.exists():
         raise UsageError(f"run folder {run_dir} already exists")

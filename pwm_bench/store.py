@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -86,6 +87,28 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
             tmp.unlink()
             removed += 1
     return removed
+
+
+NAME_MAX = 128
+"""Longest run id, dataset or world-model name."""
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """``name`` if it is one plain folder name inside the store, else :class:`UsageError`.
+
+    Allowed: letters, digits and ``. _ + = -``, starting with a letter or digit, at most
+    :data:`NAME_MAX` characters; so no path separator, no ``..`` and no absolute path can lead a
+    write out of the results store.
+    """
+    from pwm_bench.errors import UsageError
+
+    if not _NAME_RE.fullmatch(name) or len(name) > NAME_MAX:
+        raise UsageError(
+            f"{what} {name[:60]!r}{'...' if len(name) > 60 else ''} is not a plain name: use letters, digits and "
+            f"'._+=-', starting with a letter or digit, at most {NAME_MAX} characters"
+        )
+    return name
 
 
 def env_dirname(env: str) -> str:

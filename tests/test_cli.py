@@ -42,6 +42,61 @@ def test_bad_input_is_one_line_exit_2(args: list[str], message: str, out: Path) 
     assert not (out / "runs").exists()  # nothing written for bad input
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--algo", "ppo", "--env", "pointmass", "--run-id", "../../../../escape"], "--run-id '../../"),
+        (["run", "--algo", "ppo", "--env", "pointmass", "--run-id", "/abs/path"], "not a plain name"),
+        (["run", "--algo", "ppo", "--env", "pointmass", "--run-id", "x" * 300], "at most 128 characters"),
+        (["run", "--algo", "ppo", "--env", "pointmass", "--run-id", ".hidden"], "not a plain name"),
+        (["run", "--algo", "ppo", "--env", "pointmass", "--seed", "99999999999999999999"], "--seed must be in"),
+        (["collect", "--env", "pointmass", "--algo", "ppo", "--name", "../../x"], "--name '../../x'"),
+        (["pretrain-wm", "--dataset", "d", "--name", "a/b"], "--name 'a/b' is not a plain name"),
+        # values that pass the type check but are nonsense
+        (["run", "--algo", "ppo", "--env", "pointmass", "--set", "lr=nan"], "expected float, got 'nan'"),
+        (["run", "--algo", "ppo", "--env", "pointmass", "--set", "lr=inf"], "expected float, got 'inf'"),
+        (["run", "--algo", "ppo", "--env", "pointmass", "--set", "hidden=[0]"], "positive layer widths"),
+        (["run", "--algo", "ppo", "--env", "pointmass", "--set", "hidden=[-64]"], "positive layer widths"),
+        (["run", "--algo", "ppo", "--env", "pointmass", "--set", "num_envs=100000000"], "at most 1,048,576"),
+        (["run", "--algo", "ppo", "--env", "pointmass", "--set", "num_envs=99999999999999999999"], "at most"),
+        # other subcommands
+        (["list", "--algo", "ppo", "--env", "nope"], "unknown env 'nope'"),
+        (["list", "--env", "hopper"], "only apply with --algo"),
+        (["compare", "--env", "pointmass", "--algos", "ppo,,ppo"], "has an empty name"),
+        (["compare", "--env", "pointmass", "--algos", "ppo,ppo"], "ppo more than once"),
+        (["compare", "--env", "pointmass", "--seeds", "100000000000"], "--seeds must be in [1, 1000]"),
+        (["sweep", "single-task", "--seeds", "100000000000"], "--seeds must be in [1, 1000]"),
+        (["pretrain-wm", "--name", "nosuch", "--resume"], "no world model to resume"),
+        (["wm-check", "nowhere", "--horizon", "0"], "--horizon must be in [1, 1000]"),
+        (["wm-check", "nowhere", "--horizon", "100000"], "--horizon must be in [1, 1000]"),
+    ],
+)
+def test_names_and_values_that_make_no_sense_are_refused(args: list[str], message: str, tmp_path: Path) -> None:
+    """A run id or artefact name is one plain folder name, a value is one the run can use: such input
+    is one line and exit 2, and nothing is written, outside the store or inside it."""
+    out = tmp_path / "store" / "inner"
+    res = cli(*args, *(["--out", str(out)] if args[0] not in ("list", "wm-check") else []))
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []  # not even the store
+
+
+def test_resume_cannot_rename_a_run_and_show_prints_stored_text_verbatim(out: Path) -> None:
+    run_dir = out / "runs" / "pointmass" / "ppo" / "r1"
+    res = cli("run", "--algo", "ppo", "--env", "pointmass", "--preset", "smoke", "--out", str(out), "--run-id", "r1")
+    assert res.returncode == 0, res.stderr
+    summary = read_summary(run_dir)
+    summary.update(status="failed", error="policy std is [nan, nan] at step 3")
+    from pwm_bench.store import atomic_write_json
+
+    atomic_write_json(run_dir / "summary.json", summary)
+    shown = cli("show", str(run_dir))
+    assert shown.returncode == 0 and "[nan, nan]" in shown.stdout  # not read as Rich markup
+    res = cli("run", "--resume", str(run_dir), "--run-id", "other")
+    assert res.returncode == 2 and "cannot rename it" in res.stderr and not (run_dir.parent / "other").exists()
+
+
 def test_help_has_examples() -> None:
     for cmd in ("run", "list", "results", "show"):
         res = cli(cmd, "--help")
