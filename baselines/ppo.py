@@ -21,7 +21,7 @@ from torch import nn
 from pwm_bench.algos import Algorithm
 from pwm_bench.config import TrainConfig
 from pwm_bench.envs.base import VecEnv
-from pwm_bench.errors import UsageError
+from pwm_bench.errors import NonFiniteError, UsageError
 from pwm_bench.nn import ACTIVATIONS, NormalizedPolicy, RunningMeanStd, mlp
 from pwm_bench.run import Run
 
@@ -239,7 +239,14 @@ class ActorCritic(nn.Module):
         """Both heads with one pass through the trunk."""
         h = self.trunk(obs)
         mu = self.actor(h)
-        dist = torch.distributions.Normal(mu, self.log_std.exp().expand_as(mu))
+        std = self.log_std.exp().expand_as(mu)
+        if not (bool(torch.isfinite(mu).all()) and bool(torch.isfinite(std).all()) and bool((std > 0).all())):
+            # a diverged update (a far too large lr): stop with the same message kind as SHAC's
+            raise NonFiniteError(
+                "PPO: the policy's mean or std is nan/inf (or the std is 0): training diverged; "
+                "lower the learning rate (lr) or the gradient clip (max_grad_norm)"
+            )
+        dist = torch.distributions.Normal(mu, std)
         return dist, self.critic(h).squeeze(-1)
 
 

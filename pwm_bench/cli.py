@@ -915,6 +915,10 @@ def bench_env_cmd(
     _setup_logging(sys.stderr.isatty())
     try:
         env_spec(env)
+        if env.startswith("mt:"):
+            raise UsageError(
+                f"bench-env times one env; '{env}' is a task set (its worlds are fixed per task): time one task"
+            )
         dev = resolve_device(device)
         if num_envs <= 0 or steps <= 0 or window <= 0:
             raise UsageError("--num-envs, --steps and --window must be positive")

@@ -69,13 +69,14 @@ def test_bad_input_is_one_line_exit_2(args: list[str], message: str, out: Path) 
         (["pretrain-wm", "--name", "nosuch", "--resume"], "no world model to resume"),
         (["wm-check", "nowhere", "--horizon", "0"], "--horizon must be in [1, 1000]"),
         (["wm-check", "nowhere", "--horizon", "100000"], "--horizon must be in [1, 1000]"),
+        (["bench-env", "--env", "mt:toy"], "is a task set"),
     ],
 )
 def test_names_and_values_that_make_no_sense_are_refused(args: list[str], message: str, tmp_path: Path) -> None:
     """A run id or artefact name is one plain folder name, a value is one the run can use: such input
     is one line and exit 2, and nothing is written, outside the store or inside it."""
     out = tmp_path / "store" / "inner"
-    res = cli(*args, *(["--out", str(out)] if args[0] not in ("list", "wm-check") else []))
+    res = cli(*args, *(["--out", str(out)] if args[0] not in ("list", "wm-check", "bench-env") else []))
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr
@@ -95,6 +96,17 @@ def test_resume_cannot_rename_a_run_and_show_prints_stored_text_verbatim(out: Pa
     assert shown.returncode == 0 and "[nan, nan]" in shown.stdout  # not read as Rich markup
     res = cli("run", "--resume", str(run_dir), "--run-id", "other")
     assert res.returncode == 2 and "cannot rename it" in res.stderr and not (run_dir.parent / "other").exists()
+
+
+def test_a_diverging_ppo_stops_with_the_nan_message(out: Path) -> None:
+    """A far too large learning rate: PPO stops with exit 1 and a one-line reason, as SHAC does, instead
+    of crashing inside torch.distributions."""
+    res = cli("run", "--algo", "ppo", "--env", "pointmass", "--preset", "smoke", "--set", "lr=1e12", "--out", str(out))
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "training diverged; lower the learning rate" in res.stderr
+    run_dir = next((out / "runs" / "pointmass" / "ppo").iterdir())
+    summary = read_summary(run_dir)
+    assert summary["status"] == "failed" and "diverged" in summary["error"]
 
 
 def test_help_has_examples() -> None:
