@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from pwm_bench.analysis.experiments import STIFFNESS_KE
 from pwm_bench.gradient_stats import stats_of
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ def compute(root: Path, scale_name: str, protocol: str, seed: int = 0) -> dict[s
 LOCOMOTION_ENVS = ("hopper", "ant")
 STIFF_CONTACT = {"contact_ke": 1.0e5, "contact_kd": 1.0e4}
 """The paper's stiff hopper (ke 1e5, kd 1e4)."""
-HOPPER_STIFFER = (5.0e4, 1.0e5, 2.0e5)
+HOPPER_STIFFER = STIFFNESS_KE[1:]
 """The hopper's stiffer contacts (kd = ke / 10): the ``stiffness`` experiment's axis beyond the default."""
 
 
