@@ -37,9 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pwm_bench.errors import PwmBenchError, UsageError, unknown_choice
+from pwm_bench.errors import DamagedFileError, PwmBenchError, UsageError, unknown_choice
 from pwm_bench.progress import _fmt_duration
-from pwm_bench.store import env_dirname, read_summary
+from pwm_bench.store import env_dirname, read_config, read_summary
 
 log = logging.getLogger("pwm_bench.sweep")
 
@@ -137,8 +137,19 @@ def make_cell(
 
 def cell_status(cell: Cell) -> str:
     """``missing``, or the run's stored status (``completed``, ``running``, ``interrupted``,
-    ``failed``, ``died``)."""
-    return read_summary(cell.run_dir).get("status", "missing") if cell.run_dir.exists() else "missing"
+    ``failed``, ``died``, or ``damaged`` when its ``config.yaml`` or ``summary.json`` cannot be read)."""
+    if not cell.run_dir.exists():
+        return "missing"
+    try:
+        read_config(cell.run_dir)
+    except DamagedFileError:
+        return "damaged"
+    return read_summary(cell.run_dir).get("status", "missing")
+
+
+def damaged_cell_advice(cell: Cell, reason: str) -> str:
+    """What to do with a cell whose stored run cannot be continued."""
+    return f"{reason}; move {cell.run_dir} away and give the same command again to run the cell anew"
 
 
 class GridInterrupted(PwmBenchError):
@@ -278,6 +289,15 @@ def pending(cells: Sequence[Cell], retry_failed: bool = False) -> list[Cell]:
                 read_summary(c.run_dir).get("error", "no error recorded"),
             )
             continue
+        if status == "damaged":
+            try:
+                read_config(c.run_dir)
+            except DamagedFileError as exc:
+                log.warning(
+                    "%s · %s · seed %d: %s", c.algo_label, c.env_label, c.seed, damaged_cell_advice(c, str(exc))
+                )
+                continue
+            # only its summary is damaged: resuming rewrites it
         if status == "running":
             log.warning(
                 "%s · %s · seed %d is running in another process; left alone", c.algo_label, c.env_label, c.seed
@@ -326,14 +346,20 @@ def run_cells(
     try:
         if jobs == 1:
             for cell in todo:
-                reporter = reporter_factory() if reporter_factory is not None else None
-                req = cell_request(cell, device, out, threads, reporter)
-                monitor.started(cell)
+                try:  # a Ctrl-C between two cells stops the grid as one inside a cell does
+                    reporter = reporter_factory() if reporter_factory is not None else None
+                    req = cell_request(cell, device, out, threads, reporter)
+                    monitor.started(cell)
+                except KeyboardInterrupt:
+                    raise GridInterrupted(cells) from None
                 try:
                     result = execute(req)
                 except KeyboardInterrupt:
                     monitor.finished(cell, "interrupted")
                     raise GridInterrupted(cells) from None
+                except DamagedFileError as exc:  # e.g. no sound checkpoint left
+                    monitor.finished(cell, "failed", damaged_cell_advice(cell, str(exc)))
+                    continue
                 except Exception as exc:  # a broken cell must not stop the sweep
                     log.debug("cell %s raised", cell.run_dir, exc_info=True)
                     monitor.finished(cell, "failed", f"{type(exc).__name__}: {exc}")

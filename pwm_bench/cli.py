@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pwm_bench.errors import UsageError, unknown_choice
+from pwm_bench.errors import RunInterrupted, UsageError, unknown_choice
 from pwm_bench.store import check_name
 
 if TYPE_CHECKING:
@@ -43,6 +43,34 @@ def _console():
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(EXIT_USAGE)
+
+
+STORE_FOLDERS = ("runs", "datasets", "world_models", "figures")
+"""Folders of a results root that must be folders when they exist."""
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder (or not exist yet) whose store folders are folders, not files."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder (it is created if missing)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    for sub in STORE_FOLDERS:
+        if (out / sub).exists() and not (out / sub).is_dir():
+            raise UsageError(f"{out / sub} is a file where the results store keeps a folder; move it away")
+
+
+def _check_file_target(path: Path | None, flag: str) -> None:
+    """A file to write (``--csv``): not a folder, inside an existing folder."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name such as {path / 'table.csv'}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: {path.parent} is not a folder")
 
 
 def _setup_logging(fancy: bool) -> None:
@@ -103,6 +131,7 @@ def run(
     from pwm_bench.runner import RunRequest, execute
 
     fancy = sys.stdout.isatty() and not quiet
+    _check_out(out)
     _setup_logging(fancy)
     reporter = RichReporter() if fancy else LogReporter()
     try:
@@ -167,6 +196,17 @@ def _split_names(text: str | None, what: str = "--algos") -> list[str] | None:
     if dup:
         raise UsageError(f"{what} names {', '.join(dup)} more than once")
     return names
+
+
+MAX_JOBS = 256
+"""Most cells one machine may run at once."""
+MAX_THREADS = 1024
+"""Most torch threads a command may ask for."""
+
+
+def _check_jobs(jobs: int) -> None:
+    if not 0 < jobs <= MAX_JOBS:
+        raise UsageError(f"--jobs must be in [1, {MAX_JOBS}], got {jobs}")
 
 
 def _check_seeds(seeds: int | None) -> None:
@@ -239,6 +279,7 @@ def sweep(
     from pwm_bench.runner import resolve_device
 
     fancy = sys.stdout.isatty() and not quiet
+    _check_out(out)
     _setup_logging(fancy)
     try:
         from pwm_bench.analysis.studies import studies
@@ -247,10 +288,9 @@ def sweep(
             raise UsageError(f"'{experiment}' has nothing to sweep; `pwm-bench plot {experiment}` computes it")
         if launcher not in ("local", "ray"):
             raise UsageError(f"unknown launcher '{launcher}'; valid choices: local, ray")
-        if jobs <= 0:
-            raise UsageError(f"--jobs must be positive, got {jobs}")
-        if threads is not None and threads <= 0:
-            raise UsageError(f"--threads must be positive, got {threads}")
+        _check_jobs(jobs)
+        if threads is not None and not 0 < threads <= MAX_THREADS:
+            raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {threads}")
         if launcher == "local":
             resolve_device(device)
         from pwm_bench.analysis.aggregate import selection_cells
@@ -308,7 +348,7 @@ def sweep(
         + ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
         + f"; next: pwm-bench plot {experiment} --scale {scale} --out {out}"
     )
-    if states.count("failed"):
+    if states.count("failed") or states.count("damaged") or monitor.failed:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -347,6 +387,8 @@ def plot(
     """
     from pwm_bench.analysis.figures import plot_experiment
     from pwm_bench.analysis.studies import run_study, studies
+
+    _check_out(out)
 
     _setup_logging(False)
     if experiment in studies():
@@ -415,14 +457,15 @@ def compare(
     from pwm_bench.store import atomic_write_text
 
     fancy = sys.stdout.isatty() and not quiet
+    _check_out(out)
+    _check_file_target(csv, "--csv")
     _setup_logging(fancy)
     try:
         names = _split_names(algos) or []
         if not names:
             raise UsageError("--algos needs at least one algorithm")
         _check_seeds(seeds)
-        if jobs <= 0:
-            raise UsageError(f"--jobs must be positive, got {jobs}")
+        _check_jobs(jobs)
         if at_steps is not None and at_steps <= 0:
             raise UsageError(f"--at-steps must be positive, got {at_steps}")
         resolve_device(device)
@@ -517,11 +560,12 @@ def collect(
     from pwm_bench.runner import RunRequest, execute
 
     fancy = sys.stdout.isatty() and not quiet
+    _check_out(out)
     _setup_logging(fancy)
     reporter = RichReporter() if fancy else LogReporter()
     try:
         dataset = datasets_root(out) / (
-            check_name(name, "--name") if name else f"{env.replace(':', '-')}-{algo}-s{seed}"
+            check_name(name, "--name") if name is not None else f"{env.replace(':', '-')}-{algo}-s{seed}"
         )
         env_spec(env)
         overrides = parse_set_options(set_ or [])
@@ -564,21 +608,37 @@ def collect(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-@app.command(epilog="Example:\n\n  pwm-bench datasets --out results")
-def datasets(out: Annotated[Path, typer.Option(help="Results root.")] = Path("results")) -> None:
-    """List the episode datasets under OUT/datasets with their sizes and sources."""
+@app.command(epilog="Examples:\n\n  pwm-bench datasets --out results\n\n  pwm-bench datasets --verify")
+def datasets(
+    out: Annotated[Path, typer.Option(help="Results root.")] = Path("results"),
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Also check every shard's SHA-256 (reads all data); exit 1 if damaged.")
+    ] = False,
+) -> None:
+    """List the episode datasets under OUT/datasets with their sizes, sources and health.
+
+    Health compares every shard's size with the manifest (always) and its SHA-256 (with --verify).
+    """
     from rich.table import Table
+    from rich.text import Text
 
-    from pwm_bench.datasets import datasets_root, iter_datasets
+    from pwm_bench.datasets import datasets_root, scan_datasets
 
-    rows = list(iter_datasets(out))
+    _check_out(out)
+    rows = list(scan_datasets(out, verify=verify))
     if not rows:
         typer.echo(f"no datasets under {datasets_root(out)}")
         return
     table = Table(title=f"{len(rows)} dataset(s) under {datasets_root(out)}")
-    for col in ("name", "env", "episodes", "transitions", "shards", "size", "source"):
+    for col in ("name", "env", "episodes", "transitions", "shards", "size", "health", "source"):
         table.add_column(col, justify="right" if col in ("episodes", "transitions", "shards", "size") else "left")
-    for folder, m in rows:
+    damaged = 0
+    for folder, m, problems in rows:
+        damaged += bool(problems)
+        health = Text("; ".join(problems) if problems else ("verified" if verify else "ok (sizes)"))
+        if m is None:
+            table.add_row(folder.name, "?", "—", "—", "—", "—", health, "")
+            continue
         size = sum(s["bytes"] for s in m["shards"]) / 2**20
         src = "; ".join(f"{s.get('algo')} {s.get('preset')} seed {s.get('seed')}" for s in m.get("sources", []))
         table.add_row(
@@ -588,9 +648,14 @@ def datasets(out: Annotated[Path, typer.Option(help="Results root.")] = Path("re
             f"{m['transitions']:,}",
             str(len(m["shards"])),
             f"{size:.1f} MiB",
-            src,
+            health,
+            Text(src),
         )
     _console().print(table)
+    if damaged:
+        typer.echo(f"{damaged} dataset(s) damaged", err=True)
+        if verify:
+            raise typer.Exit(EXIT_FAILED)
 
 
 @app.command(
@@ -619,15 +684,17 @@ def pretrain_wm(
 ) -> None:
     """Pretrain a world model on an episode dataset; reports train and held-out losses."""
     from pwm_bench.config import apply_overrides, parse_set_options
-    from pwm_bench.datasets import datasets_root
+    from pwm_bench.datasets import datasets_root, read_manifest
     from pwm_bench.pretrain import PretrainConfig, pretrain_world_model, world_models_root
     from pwm_bench.progress import LogReporter, RichReporter
     from pwm_bench.runner import resolve_device, set_threads
     from pwm_bench.world_model import model_config
 
     fancy = sys.stdout.isatty() and not quiet
+    _check_out(out)
     _setup_logging(fancy)
     reporter = RichReporter() if fancy else LogReporter()
+    folder = Path(name or "<name>")
     try:
         dev = resolve_device(device)
         set_threads(threads)
@@ -637,11 +704,15 @@ def pretrain_wm(
         if steps is not None:
             pre_ov["steps"] = steps
         cfg = apply_overrides(PretrainConfig(), pre_ov, what="pretraining key")
+        if resume and "steps" not in pre_ov:
+            cfg.steps = 1  # the stored budget wins (a resumed budget only grows): --resume alone finishes it
         wm_cfg = apply_overrides(model_config(size), wm_ov, what="world-model key")
         wm_cfg.validate()
         if dataset is None and not (resume and name):
             raise UsageError("--dataset is required (or --resume --name NAME)")
-        folder = world_models_root(out) / (check_name(name, "--name") if name else f"{Path(str(dataset)).name}-{size}")
+        folder = world_models_root(out) / (
+            check_name(name, "--name") if name is not None else f"{Path(str(dataset)).name}-{size}"
+        )
         if dataset is None:
             import yaml
 
@@ -649,12 +720,18 @@ def pretrain_wm(
                 raise UsageError(f"--resume --name {name}: no world model to resume at {folder}")
             dataset = yaml.safe_load((folder / "config.yaml").read_text())["dataset"]
         ds_path = Path(dataset) if Path(dataset).is_dir() else datasets_root(out) / dataset
+        read_manifest(ds_path)  # a dataset that is not there is named before anything is written
         summary = pretrain_world_model(ds_path, folder, cfg, wm_cfg, device=dev, resume=resume, reporter=reporter)
     except UsageError as exc:
         reporter.stop()
         raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunInterrupted) as exc:
         reporter.stop()
+        typer.echo(
+            f"interrupted{f' ({exc})' if str(exc) else ''}; continue with: pwm-bench pretrain-wm --name {folder.name} "
+            f"--resume --out {out}",
+            err=True,
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     reporter.stop()
     typer.echo(
@@ -806,6 +883,8 @@ def results(
 
     from pwm_bench.store import TABLE_COLUMNS, atomic_write_text, runs_table
 
+    _check_out(out)
+    _check_file_target(csv, "--csv")
     df = runs_table(out)
     if csv is not None:
         atomic_write_text(csv, df.to_csv(index=False))
@@ -920,8 +999,12 @@ def bench_env_cmd(
                 f"bench-env times one env; '{env}' is a task set (its worlds are fixed per task): time one task"
             )
         dev = resolve_device(device)
-        if num_envs <= 0 or steps <= 0 or window <= 0:
-            raise UsageError("--num-envs, --steps and --window must be positive")
+        from pwm_bench.config import MAX_NUM_ENVS
+
+        if not 0 < num_envs <= MAX_NUM_ENVS:
+            raise UsageError(f"--num-envs must be in [1, {MAX_NUM_ENVS:,}], got {num_envs}")
+        if not (0 < steps <= 100_000 and 0 < window <= 10_000):
+            raise UsageError("--steps must be in [1, 100000] and --window in [1, 10000]")
         overrides: dict[str, str] = {}
         for item in set_ or []:
             key, sep, value = item.partition("=")
@@ -947,9 +1030,109 @@ def bench_env_cmd(
     typer.echo(line)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def _io_error_message(exc: OSError) -> str:
+    """``cannot use PATH: reason`` for a file-system error (permission, full disk, a file where a
+    folder should be, ...)."""
+    reason = exc.strerror or type(exc).__name__
+    target = exc.filename2 if exc.filename2 is not None else exc.filename
+    return f"cannot use {target}: {reason}" if target is not None else f"{reason} ({exc})"
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run ``pwm-bench ARGV`` in this process and return its exit code; every expected error is one line.
+
+    Exit codes: 0 done, 1 a run failed (NaN/inf, or a write failed mid-run), 2 bad input (a parser
+    error, an unknown name, a damaged or unwritable file: one ``error:`` line on stderr), 130
+    interrupted. Signal handlers are left as they are (see :func:`main`).
+    """
+    from pwm_bench.errors import PwmBenchError
+
+    cx = _click_exceptions()
+    no_args = getattr(cx, "NoArgsIsHelpError", ())
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="pwm-bench")
+        return rv if isinstance(rv, int) else 0
+    except no_args as exc:
+        _console().print(exc.ctx.get_help() if exc.ctx is not None else "")
+        return EXIT_USAGE
+    except cx.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx is not None else "pwm-bench"
+        typer.echo(f"error: {_one_line(exc.format_message())} (see {cmd} --help)", err=True)
+        return EXIT_USAGE
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt, RunInterrupted) as exc:
+        typer.echo(f"interrupted{f' ({exc})' if str(exc) else ''}; the same command continues", err=True)
+        return EXIT_INTERRUPTED
+    except (UsageError, PwmBenchError) as exc:
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        return EXIT_USAGE
+    except OSError as exc:
+        typer.echo(f"error: {_io_error_message(exc)}", err=True)
+        return EXIT_USAGE
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: :func:`run_cli` on ``sys.argv``, then exit with its code.
+
+    SIGTERM (``kill``) is made to mean what Ctrl-C means from the start, so a command stopped before
+    any run has its own handler also exits 130; once the command is done, both are ignored, so a
+    late Ctrl-C cannot turn into a traceback at interpreter exit.
+    """
+    import signal
+
+    in_main = threading_main()
+    if in_main:
+        signal.signal(signal.SIGINT, _interrupt_outside_imports)
+        signal.signal(signal.SIGTERM, _interrupt_outside_imports)
+    try:
+        code = run_cli()
+    except KeyboardInterrupt:  # between the command's end and here
+        code = EXIT_INTERRUPTED
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.stdout.flush()
+    raise SystemExit(code)
+
+
+def _interrupt_outside_imports(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM before a command installs its own handler: ``KeyboardInterrupt``, but never in
+    the middle of an import (a library that catches it there, as torch's import can, would swallow
+    it and the command would go on): then the signal is sent again 0.1 s later."""
+    import os
+    import threading
+
+    f = frame
+    while f is not None:
+        if f.f_code.co_filename.startswith("<frozen importlib"):  # type: ignore[attr-defined]
+            timer = threading.Timer(0.1, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
+        f = f.f_back  # type: ignore[attr-defined]
+    raise KeyboardInterrupt
+
+
+def _click_exceptions():
+    """The exception module of the click that typer runs on (typer >= 0.22 vendors its own)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # typer that uses the click package
+        from click import exceptions
+    return exceptions
+
+
+def threading_main() -> bool:
+    """Whether this is the main thread (the only one that may install signal handlers)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

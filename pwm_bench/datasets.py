@@ -114,6 +114,10 @@ class EpisodeWriter:
         self.path.mkdir(parents=True, exist_ok=True)
         if (self.path / MANIFEST).exists():
             self.manifest = read_manifest(self.path)
+            problems = shard_problems(self.path, self.manifest)
+            if problems:
+                # appending would hide the damage under new data that no reader could then load
+                raise DatasetError(f"cannot append to {self.path}: {problems[0]}; choose another --name")
             if (self.manifest["env"], self.manifest["obs_dim"], self.manifest["act_dim"]) != (env, obs_dim, act_dim):
                 raise DatasetError(
                     f"{self.path / MANIFEST}: holds env {self.manifest['env']!r} with obs/act "
@@ -279,6 +283,26 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+def shard_problems(folder: str | os.PathLike[str], manifest: dict[str, Any], verify: bool = False) -> list[str]:
+    """What is wrong with a dataset's shards: missing, or a size that differs from the manifest's
+    (and, with ``verify``, a SHA-256 that differs: this reads every shard). Empty when sound."""
+    folder = Path(folder)
+    problems = []
+    for entry in manifest.get("shards", []):
+        file = folder / str(entry.get("file"))
+        try:
+            size = file.stat().st_size
+        except OSError:
+            problems.append(f"{file.name} is missing")
+            continue
+        expected = entry.get("bytes")
+        if size != expected:
+            problems.append(f"{file.name} is truncated or damaged ({size} bytes, the manifest says {expected})")
+        elif verify and _sha256(file.read_bytes()) != entry.get("sha256"):
+            problems.append(f"{file.name} is damaged (its SHA-256 differs from the manifest's)")
+    return problems
+
+
 def _load_shard(folder: Path, entry: dict[str, Any]) -> dict[str, np.ndarray]:
     file = folder / entry["file"]
     try:
@@ -395,14 +419,27 @@ class EpisodeDataset:
 
 def iter_datasets(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Iterator[tuple[Path, dict[str, Any]]]:
     """``(folder, manifest)`` of every dataset under ``root/datasets`` (unreadable ones are skipped)."""
+    for folder, manifest, _ in scan_datasets(root):
+        if manifest is not None:
+            yield folder, manifest
+
+
+def scan_datasets(
+    root: str | os.PathLike[str] = DEFAULT_ROOT, verify: bool = False
+) -> Iterator[tuple[Path, dict[str, Any] | None, list[str]]]:
+    """``(folder, manifest or None, problems)`` of every folder under ``root/datasets``: the manifest is
+    None when it cannot be read; ``problems`` lists what :func:`shard_problems` finds (with ``verify``,
+    checksums too)."""
     base = datasets_root(root)
     if not base.is_dir():
         return
     for folder in sorted(p for p in base.iterdir() if p.is_dir()):
         try:
-            yield folder, read_manifest(folder)
+            manifest = read_manifest(folder)
         except DatasetError as exc:
-            log.warning("%s", exc)
+            yield folder, None, [str(exc)]
+            continue
+        yield folder, manifest, shard_problems(folder, manifest, verify)
 
 
 class MultiTaskDataset:

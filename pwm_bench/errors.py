@@ -18,6 +18,15 @@ class UsageError(PwmBenchError):
     """Bad input from the user (unknown name, bad value, missing device). CLI exit code 2."""
 
 
+class DamagedFileError(UsageError):
+    """A file of the results store cannot be read (truncated, not the expected format); the message
+    names it. CLI exit code 2."""
+
+
+class LockedError(UsageError):
+    """Another live process holds the run's lock; the message names its pid. CLI exit code 2."""
+
+
 class NonFiniteError(PwmBenchError):
     """A NaN or inf appeared in a loss, metric or observation; the message says where."""
 

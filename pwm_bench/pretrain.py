@@ -16,10 +16,13 @@ Everything is written atomically; an interrupted pretraining resumes from its la
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +32,9 @@ import torch
 
 from pwm_bench.config import to_dict
 from pwm_bench.datasets import EpisodeDataset, MultiTaskDataset
-from pwm_bench.errors import NonFiniteError, UsageError, unknown_choice
+from pwm_bench.errors import DamagedFileError, NonFiniteError, RunInterrupted, UsageError, unknown_choice
 from pwm_bench.progress import Reporter
+from pwm_bench.signals import stop_signals_to
 from pwm_bench.store import DEFAULT_ROOT, atomic_save, atomic_write_json, atomic_write_text, atomic_write_yaml
 from pwm_bench.world_model import WorldModel, WorldModelConfig, model_config, parameter_count, world_model_loss
 
@@ -162,7 +166,7 @@ def pretrain_world_model(
         if not resume:
             raise UsageError(f"{out} already exists; pass --resume to continue it or choose another --name")
         if ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            state = _read_model_checkpoint(ckpt_path)
             steps = cfg.steps
             cfg = PretrainConfig(**state["pretrain_config"])
             cfg.steps = max(cfg.steps, steps)
@@ -250,10 +254,16 @@ def pretrain_world_model(
     sums = {"consistency": 0.0, "reward": 0.0}
     n = 0
     summary: dict[str, Any] = {}
-    with reporter.phase(f"world model on {ds.manifest['env']}", cfg.steps) as advance:
+    stop = _StopFlag()
+    with reporter.phase(f"world model on {ds.manifest['env']}", cfg.steps) as advance, stop.installed():
         advance(step)
         try:
             while step < cfg.steps:
+                if stop.requested:
+                    # between steps: the model, the generator and the rows agree, so nothing is lost
+                    summary = save("interrupted")
+                    log.warning("interrupted at step %d; continue with --resume", step)
+                    raise RunInterrupted(f"world-model pretraining stopped at step {step}")
                 model.train()
                 loss = _losses(model, train, cfg, gen)
                 if not torch.isfinite(loss.total):
@@ -293,10 +303,56 @@ def pretrain_world_model(
                     sums, n = {"consistency": 0.0, "reward": 0.0}, 0
                     summary = save("running" if step < cfg.steps else "completed")
         except KeyboardInterrupt:
-            summary = save("interrupted")
-            log.warning("interrupted at step %d; continue with --resume", step)
+            # a second Ctrl-C: the checkpoint of the last evaluation stays what --resume continues
+            stop.abortable = False
+            _mark_interrupted(out / "summary.json")
+            log.warning("aborted; --resume continues from the last saved step")
             raise
     return summary or save("completed")
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM during pretraining: the first stops it after the current step (saved, then
+    :class:`RunInterrupted`); a second SIGINT raises ``KeyboardInterrupt`` once."""
+
+    def __init__(self) -> None:
+        self.requested, self.abortable = False, True
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT and self.abortable:
+            self.abortable = False
+            raise KeyboardInterrupt
+        if not self.requested:
+            name = signal.Signals(signum).name
+            log.warning("%s received: saving the model after this step (Ctrl-C again to abort)", name)
+        self.requested = True
+
+    def installed(self) -> contextlib.AbstractContextManager[Any]:
+        return stop_signals_to(self)
+
+
+def _mark_interrupted(path: Path) -> None:
+    """Set ``status: interrupted`` in a pretraining ``summary.json`` (if there is one)."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(summary, dict) and summary.get("status") != "completed":
+        summary["status"] = "interrupted"
+        atomic_write_json(path, summary)
+
+
+def _read_model_checkpoint(path: Path) -> dict[str, Any]:
+    """A pretraining ``model.pt`` (raises :class:`DamagedFileError` naming it when unreadable)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a bad file
+        reason = " ".join(str(exc).split())[:160]
+        raise DamagedFileError(f"{path} is damaged ({type(exc).__name__}: {reason})") from None
+    keys = ("model", "wm_config", "obs_dim", "act_dim", "rows", "step")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise DamagedFileError(f"{path} is damaged (not a world-model checkpoint)")
+    return state
 
 
 def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
@@ -305,7 +361,7 @@ def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> Wo
     file = p / "model.pt" if p.is_dir() else p
     if not file.exists():
         raise UsageError(f"{path}: no world-model checkpoint (model.pt)")
-    state = torch.load(file, map_location="cpu", weights_only=False)
+    state = _read_model_checkpoint(file)
     model = WorldModel(state["obs_dim"], state["act_dim"], WorldModelConfig(**state["wm_config"]))
     # models saved before reward units existed predict env rewards: keep shift 0, scale 1
     missing, unexpected = model.load_state_dict(state["model"], strict=False)

@@ -205,6 +205,42 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "") if head else None
 
 
+CHECKPOINT_KEYS = (
+    "algo_state",
+    "env_steps",
+    "rows",
+    "next_eval_at",
+    "best_eval_return",
+    "last_eval",
+    "wall_time",
+    "resumes",
+    "rng",
+)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run checkpoint (``latest.pt`` / ``best.pt``) as saved by :meth:`Run.checkpoint`.
+
+    Raises:
+        DamagedFileError: empty, truncated or foreign file, or one that lacks the checkpoint's keys
+            (the message names the file).
+    """
+    from pwm_bench.errors import DamagedFileError
+
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a bad file (EOFError, RuntimeError, UnpicklingError)
+        reason = " ".join(str(exc).split())[:160]
+        raise DamagedFileError(f"{path} is damaged ({type(exc).__name__}: {reason})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise DamagedFileError(f"{path} is damaged (not a run checkpoint: no {', '.join(missing)})")
+    if not isinstance(ckpt["rows"], list) or ckpt.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
+        raise DamagedFileError(f"{path} is damaged (unknown checkpoint format {ckpt.get('format')!r})")
+    return ckpt
+
+
 def _to_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         value = value.detach().float().item()
@@ -392,8 +428,13 @@ class Run:
         self.write_summary("running")
 
     def load_checkpoint(self, path: Path) -> None:
-        """Continue from checkpoint ``path`` (counters, metrics rows, RNG and algorithm state)."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        """Continue from checkpoint ``path`` (counters, metrics rows, RNG and algorithm state).
+
+        Raises:
+            DamagedFileError: the file is not a readable checkpoint of this format (nothing of the
+                run's state is changed then).
+        """
+        ckpt = read_checkpoint(path)
         self.env_steps = int(ckpt["env_steps"])
         self.iterations = int(ckpt.get("iterations", len(ckpt["rows"])))
         self.rows = list(ckpt["rows"])

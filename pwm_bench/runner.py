@@ -9,6 +9,7 @@ This is what ``pwm-bench run`` calls, and what sweeps and tests call in-process:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -25,9 +26,10 @@ import torch
 from pwm_bench.algos import Algorithm, Policy, get_algorithm
 from pwm_bench.config import PRESETS, apply_overrides, from_dict, to_dict
 from pwm_bench.envs import env_spec, make_env
-from pwm_bench.errors import NonFiniteError, RunInterrupted, UsageError, unknown_choice
+from pwm_bench.errors import DamagedFileError, NonFiniteError, RunInterrupted, UsageError, unknown_choice
 from pwm_bench.progress import Reporter
 from pwm_bench.run import Run, git_commit, seed_everything
+from pwm_bench.signals import stop_signals_to
 from pwm_bench.store import (
     DEFAULT_ROOT,
     check_name,
@@ -35,11 +37,14 @@ from pwm_bench.store import (
     read_config,
     read_summary,
     remove_stale_temporaries,
+    run_lock,
 )
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "cpu"
+MAX_THREADS = 1024
+"""Most torch threads a run may ask for."""
 MAX_SEED = 2**31 - 1
 """Largest seed (numpy's and every generator's seeds fit in it)."""
 ENV_KEY_PREFIX = "env."
@@ -100,8 +105,8 @@ def set_threads(threads: int | None) -> None:
     """``torch.set_num_threads(threads)``; None keeps torch's default; raises :class:`UsageError` if < 1."""
     if threads is None:
         return
-    if threads <= 0:
-        raise UsageError(f"--threads must be positive, got {threads}")
+    if not 0 < threads <= MAX_THREADS:
+        raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {threads}")
     torch.set_num_threads(threads)
 
 
@@ -158,11 +163,11 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
         raise UsageError(f"algorithm '{algo.name}' needs simulator gradients; env '{req.env}' has none")
     run_id = (
         check_name(req.run_id, "--run-id")
-        if req.run_id
+        if req.run_id is not None
         else f"{datetime.now():%Y%m%d-%H%M%S}-s{seed}-{secrets.token_hex(2)}"
     )
     run_dir = Path(req.out) / "runs" / env_dirname(req.env) / algo.name / run_id
-    if run_dir.exists():
+    if run_dir.is_file() or (run_dir / "config.yaml").exists():
         raise UsageError(f"run folder {run_dir} already exists")
     record = {
         "algo": algo.name,
@@ -179,28 +184,60 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
     return algo, cfg, env_cfg, record, run_dir
 
 
-@contextmanager
-def _stop_on_signals(run: Run) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the run to checkpoint and stop; a second SIGINT aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _SignalGuard:
+    """SIGINT/SIGTERM while a run trains: the first asks it to checkpoint and stop at the end of the
+    iteration; a second SIGINT aborts at once (one ``KeyboardInterrupt``, never more). Once training
+    has ended (``abortable`` False) signals are only noted, so the final status is always written."""
 
-    def handler(signum: int, frame: Any) -> None:
-        if run.stop_requested and signum == signal.SIGINT:
+    def __init__(self, run: Run) -> None:
+        self.run, self.abortable = run, True
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if not self.abortable:
+            log.warning("%s received while the run's outcome is being saved; it stops right after", name)
+            return
+        if self.run.stop_requested and signum == signal.SIGINT:
+            self.abortable = False
             raise KeyboardInterrupt
         log.warning(
-            "%s received: saving a checkpoint after this iteration, then stopping (Ctrl-C again to abort)",
-            signal.Signals(signum).name,
+            "%s received: saving a checkpoint after this iteration, then stopping (Ctrl-C again to abort)", name
         )
-        run.request_stop()
+        self.run.request_stop()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev)
+
+def _stop_on_signals(run: Run) -> contextlib.AbstractContextManager[Any]:
+    """A :class:`_SignalGuard` for SIGINT and SIGTERM for the body (main thread only)."""
+    return stop_signals_to(_SignalGuard(run))
+
+
+def _resume_from_checkpoint(run: Run, run_dir: Path) -> None:
+    """Load ``latest.pt``, or ``best.pt`` when the latest is damaged (saying so), into ``run``.
+
+    Raises:
+        DamagedFileError: every checkpoint present is damaged (the message names them).
+    """
+    problems: list[str] = []
+    for path in (run_dir / "checkpoints" / "latest.pt", run_dir / "checkpoints" / "best.pt"):
+        if not path.exists():
+            continue
+        try:
+            run.load_checkpoint(path)
+        except DamagedFileError as exc:
+            problems.append(str(exc))
+            continue
+        if problems:
+            log.warning(
+                "%s; resuming from the older %s at env step %d instead", "; ".join(problems), path.name, run.env_steps
+            )
+        else:
+            log.info("resuming %s from env step %d", run_dir, run.env_steps)
+        return
+    if problems:
+        raise DamagedFileError(
+            f"cannot resume {run_dir}: {'; '.join(problems)}; no sound checkpoint is left, start a new run"
+        )
+    log.info("no checkpoint in %s; starting it from the beginning", run_dir)
 
 
 @contextmanager
@@ -225,6 +262,19 @@ def execute(req: RunRequest) -> RunResult:
     mark the run ``failed`` and propagate.
     """
     algo, cfg, env_cfg, record, run_dir = _resolve(req)
+    if req.resume is not None:
+        # a resumed run is locked before anything of it is read for training
+        with run_lock(run_dir):
+            status = read_summary(run_dir).get("status")
+            if status == "completed":
+                raise UsageError(f"--resume {run_dir}: the run already completed; nothing to resume")
+            return _execute_resolved(req, algo, cfg, env_cfg, record, run_dir)
+    return _execute_resolved(req, algo, cfg, env_cfg, record, run_dir)
+
+
+def _execute_resolved(
+    req: RunRequest, algo: Algorithm, cfg: Any, env_cfg: Any, record: dict[str, Any], run_dir: Path
+) -> RunResult:
     device = resolve_device(req.device if req.resume is None or req.device != "auto" else record["device"])
     seed = int(record["seed"])
     set_threads(req.threads)
@@ -250,6 +300,20 @@ def execute(req: RunRequest) -> RunResult:
             return RunResult(run_dir=run_dir, status="interrupted", summary={}, error=error)
         cfg.validate()
         record["algo_config"] = to_dict(cfg)
+    return _train(req, algo, cfg, env_cfg, record, run_dir, device, seed, reporter)
+
+
+def _train(
+    req: RunRequest,
+    algo: Algorithm,
+    cfg: Any,
+    env_cfg: Any,
+    record: dict[str, Any],
+    run_dir: Path,
+    device: torch.device,
+    seed: int,
+    reporter: Reporter,
+) -> RunResult:
     seed_everything(seed)
     env_kwargs = dataclasses.asdict(env_cfg)
     grads = algo.differentiable_env(cfg, env_spec(record["env"]).differentiable)
@@ -258,49 +322,89 @@ def execute(req: RunRequest) -> RunResult:
         env = req.wrap_env(env, run_dir)
     eval_env = make_env(record["env"], cfg.eval_episodes, device, False, **env_kwargs)
     run = Run(run_dir, cfg=cfg, config_record=record, seed=seed, device=device, eval_env=eval_env, reporter=reporter)
-    if req.resume is not None:
-        removed = remove_stale_temporaries(run_dir)
-        if removed:
-            log.info("removed %d partial file(s) left by the previous process", removed)
-        latest = run_dir / "checkpoints" / "latest.pt"
-        if latest.exists():
-            run.load_checkpoint(latest)
-            log.info("resuming %s from env step %d", run_dir, run.env_steps)
-        else:
-            log.info("no checkpoint in %s; starting it from the beginning", run_dir)
-    run.start()
-    title = f"{algo.name} · {record['env']} · seed {seed}"
-    reporter.start(title, run.budget, run.progress)
-    log.info("run folder: %s", run_dir)
-    status, error, policy = "failed", None, None
     try:
-        with _stop_on_signals(run):
-            policy = algo.train(env, cfg, run)
-            run.finish(policy)
-        status = "completed"
-    except RunInterrupted as exc:
-        status = "interrupted"
-        log.warning("run interrupted (%s); resume with: pwm-bench run --resume %s", exc, run_dir)
-    except KeyboardInterrupt:
-        status, error = (
-            "interrupted",
-            "aborted by a second Ctrl-C; metrics up to the last checkpoint are kept",
-        )
-        log.warning("%s", error)
-    except NonFiniteError as exc:
-        status, error = "failed", str(exc)
-        log.error("run failed: %s", exc)
-    except Exception as exc:
-        run.write_metrics()
-        run.write_summary("failed", error=f"{type(exc).__name__}: {exc}")
-        reporter.stop()
-        raise
-    finally:
+        if req.resume is not None:
+            removed = remove_stale_temporaries(run_dir)
+            if removed:
+                log.info("removed %d partial file(s) left by the previous process", removed)
+            _resume_from_checkpoint(run, run_dir)
+            lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()  # held by execute
+        else:
+            # a new run takes its folder's lock as it creates the folder
+            lock = run_lock(run_dir)
+        lock.__enter__()
+    except BaseException:
         env.close()
         eval_env.close()
-    reporter.stop()
-    if status != "completed":
-        if status == "failed":
-            run.write_metrics()  # keep every completed iteration, not only the checkpointed ones
-        run.write_summary(status, error=error)
-    return RunResult(run_dir, status, read_summary(run_dir), policy, error)
+        raise
+    try:
+        return _train_locked(run, algo, env, eval_env, cfg, record, run_dir, seed, reporter)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _train_locked(
+    run: Run,
+    algo: Algorithm,
+    env: Any,
+    eval_env: Any,
+    cfg: Any,
+    record: dict[str, Any],
+    run_dir: Path,
+    seed: int,
+    reporter: Reporter,
+) -> RunResult:
+    status, error, policy = "failed", None, None
+    with _stop_on_signals(run) as guard:
+        try:
+            # a store that takes no write at all is bad input (one line, exit 2), not a failed run
+            run.start()
+        except BaseException:
+            env.close()
+            eval_env.close()
+            raise
+        reporter.start(f"{algo.name} · {record['env']} · seed {seed}", run.budget, run.progress)
+        log.info("run folder: %s", run_dir)
+        try:
+            try:
+                policy = algo.train(env, cfg, run)
+                run.finish(policy)
+            finally:
+                guard.abortable = False
+            status = "completed"
+        except RunInterrupted as exc:
+            status = "interrupted"
+            log.warning("run interrupted (%s); resume with: pwm-bench run --resume %s", exc, run_dir)
+        except KeyboardInterrupt:
+            guard.abortable = False
+            status, error = (
+                "interrupted",
+                "aborted by a second Ctrl-C; metrics up to the last checkpoint are kept",
+            )
+            log.warning("%s", error)
+        except NonFiniteError as exc:
+            status, error = "failed", str(exc)
+            log.error("run failed: %s", exc)
+        except OSError as exc:
+            # a full disk, a read-only remount: record the failure if the store still takes a write
+            status, error = "failed", f"cannot write the run's files: {exc.strerror or exc} ({exc.filename or ''})"
+            log.error("run failed: %s", error)
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                run.write_metrics()
+                run.write_summary("failed", error=f"{type(exc).__name__}: {exc}")
+            reporter.stop()
+            raise
+        finally:
+            env.close()
+            eval_env.close()
+        reporter.stop()
+        if status != "completed":
+            try:
+                if status == "failed":
+                    run.write_metrics()  # keep every completed iteration, not only the checkpointed ones
+                run.write_summary(status, error=error)
+            except OSError as exc:
+                log.error("could not record status %r in %s: %s", status, run_dir, exc)
+    summary = read_summary(run_dir) or {"status": status}
+    return RunResult(run_dir, status, summary, policy, error)

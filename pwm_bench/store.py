@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -116,22 +117,55 @@ def env_dirname(env: str) -> str:
     return env.replace(":", "-").replace("/", "-")
 
 
+def _damaged(path: Path, exc: BaseException | str) -> Exception:
+    from pwm_bench.errors import DamagedFileError
+
+    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return DamagedFileError(f"{path} is damaged ({_one_line(str(reason))[:200]})")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """``summary.json`` of a run (empty dict if missing), with a ``running`` status whose process
-    is gone on this host reported as ``died``."""
+    is gone on this host reported as ``died``.
+
+    A summary that cannot be parsed gives ``{"status": "damaged", "error": <which file, why>}``:
+    the run's checkpoint may still be sound, and ``--resume`` rewrites the summary.
+    """
     path = Path(run_dir) / "summary.json"
     if not path.exists():
         return {}
-    summary = json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError(f"expected a JSON object, found {type(summary).__name__}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {"status": "damaged", "error": str(_damaged(path, exc))}
     if summary.get("status") == "running" and not _process_alive(summary):
         summary["status"] = "died"
     return summary
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``config.yaml`` of a run as a dict (empty dict if missing)."""
+    """``config.yaml`` of a run as a dict (empty dict if missing).
+
+    Raises:
+        DamagedFileError: the file is not YAML, or not a mapping with ``algo``, ``env`` and ``seed``
+            (the message names the file).
+    """
     path = Path(run_dir) / "config.yaml"
-    return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(path, exc) from None
+    if not isinstance(cfg, dict) or not {"algo", "env", "seed"} <= set(cfg):
+        raise _damaged(path, "not a run config: expected a mapping with algo, env and seed")
+    return cfg
 
 
 def _process_alive(summary: dict[str, Any]) -> bool:
@@ -145,6 +179,64 @@ def _process_alive(summary: dict[str, Any]) -> bool:
     except PermissionError:
         return True
     return True
+
+
+LOCK_FILE = ".lock"
+"""A run folder's lock: JSON ``{"pid", "host", "since"}`` of the process that trains the run."""
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return owner if isinstance(owner, dict) and "pid" in owner else None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` while the body trains the run; a second process gets :class:`LockedError`.
+
+    The lock file is created with ``O_EXCL`` and names the owner's pid and host. A lock whose
+    process is gone on this host is stale and taken over (so is an unreadable one older than
+    10 s: a writer killed between creating and filling it). A lock from another host cannot be
+    checked from here: the error says which file to delete if that process is gone.
+    """
+    from pwm_bench.errors import LockedError
+
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_lock(path)
+            if owner is None:
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - path.stat().st_mtime < 10.0:
+                        raise LockedError(f"{run_dir} is being locked by another process; try again") from None
+            elif _process_alive(owner):
+                where = "" if owner.get("host") == me["host"] else f" on host {owner.get('host')}"
+                raise LockedError(
+                    f"{run_dir} is in use by process {owner['pid']}{where} (lock file {path}); "
+                    "wait for it, stop it, or delete the lock file if that process is gone"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # stale: its owner is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    else:
+        raise LockedError(f"{run_dir}: could not take the lock file {path}; try again")
+    try:
+        yield
+    finally:
+        owner = _read_lock(path)
+        if owner is not None and owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def iter_run_dirs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Iterator[Path]:
@@ -176,19 +268,26 @@ def runs_table(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Any:
     """Index of all runs under ``root`` as a pandas DataFrame, one row per run.
 
     Columns: :data:`INDEX_COLUMNS` (``wall_time`` in seconds; returns are undiscounted episode
-    returns of the deterministic policy).
+    returns of the deterministic policy). A run whose ``config.yaml`` or ``summary.json`` cannot be
+    read has status ``damaged`` (its env and algorithm then come from its folder's place).
     """
     import pandas as pd
 
+    from pwm_bench.errors import DamagedFileError
+
     rows = []
     for run_dir in iter_run_dirs(root):
-        cfg, summary = read_config(run_dir), read_summary(run_dir)
+        summary = read_summary(run_dir)
+        try:
+            cfg = read_config(run_dir)
+        except DamagedFileError as exc:  # listed as damaged; the rest of the store still shows
+            cfg, summary = {}, {**summary, "status": "damaged", "error": str(exc)}
         rows.append(
             {
-                "env": cfg.get("env"),
-                "algo": cfg.get("algo"),
-                "seed": cfg.get("seed"),
-                "preset": cfg.get("preset"),
+                "env": cfg.get("env", summary.get("env", run_dir.parent.parent.name)),
+                "algo": cfg.get("algo", summary.get("algo", run_dir.parent.name)),
+                "seed": cfg.get("seed", summary.get("seed")),
+                "preset": cfg.get("preset", summary.get("preset")),
                 "status": summary.get("status", "unknown"),
                 "env_steps": summary.get("env_steps"),
                 "wall_time": summary.get("wall_time"),
@@ -203,10 +302,20 @@ def runs_table(root: str | os.PathLike[str] = DEFAULT_ROOT) -> Any:
 
 
 def load_metrics(run_dir: str | os.PathLike[str]) -> Any:
-    """``metrics.csv`` of one run as a pandas DataFrame (empty if the run logged nothing yet)."""
+    """``metrics.csv`` of one run as a pandas DataFrame (empty if the run logged nothing yet).
+
+    Raises:
+        DamagedFileError: the file is not a metrics table (the message names it).
+    """
     import pandas as pd
 
     path = Path(run_dir) / "metrics.csv"
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    return pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise _damaged(path, exc) from None
+    if "env_steps" not in df.columns:
+        raise _damaged(path, "no env_steps column")
+    return df
