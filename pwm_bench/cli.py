@@ -440,6 +440,9 @@ def compare(
         typer.Option(help="Also compare the evaluations up to this many env steps (default: the smallest budget)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of progress bars.")] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch threads per run [default: CPUs / jobs with --jobs, else torch's].")
+    ] = None,
 ) -> None:
     """Run algorithms x seeds on one env into the results store and print a comparison table.
 
@@ -466,6 +469,8 @@ def compare(
             raise UsageError("--algos needs at least one algorithm")
         _check_seeds(seeds)
         _check_jobs(jobs)
+        if threads is not None and not 0 < threads <= MAX_THREADS:
+            raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {threads}")
         if at_steps is not None and at_steps <= 0:
             raise UsageError(f"--at-steps must be positive, got {at_steps}")
         resolve_device(device)
@@ -478,6 +483,7 @@ def compare(
             overrides=parse_set_options(set_ or []),
             out=out,
             jobs=jobs,
+            threads=threads,
             reporter_factory=RichReporter if fancy else LogReporter,
         )
         interrupted = False

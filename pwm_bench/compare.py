@@ -68,6 +68,7 @@ def run_grid(
     overrides: Mapping[str, Any] | None = None,
     out: Path = Path("results"),
     jobs: int = 1,
+    threads: int | None = None,
     reporter_factory: Any = None,
 ) -> list[Cell]:
     """Run (or finish) every cell of the grid; returns the cells in grid order.
@@ -83,10 +84,11 @@ def run_grid(
         overrides: ``--set`` overrides applied to every run (keys valid for every algorithm).
         out: results root.
         jobs: cells run at once (1 = in this process, one after another).
+        threads: torch threads per cell (default: ``cpu_count // jobs`` in subprocesses, else torch's).
         reporter_factory: called with no arguments to make each in-process run's reporter.
     """
     cells = plan(env, algos, seeds, preset, dict(overrides or {}), out)
-    return run_cells(cells, device=device, out=out, jobs=jobs, reporter_factory=reporter_factory)
+    return run_cells(cells, device=device, out=out, jobs=jobs, threads=threads, reporter_factory=reporter_factory)
 
 
 def eval_curve(run_dir: Path) -> Any:

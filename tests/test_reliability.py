@@ -124,6 +124,7 @@ def _bad_argv() -> st.SearchStrategy[list[str]]:
         st.tuples(unknown).map(lambda t: ["compare", "--env", "pointmass", "--algos", f"ppo,{t[0]}"]),
         st.tuples(_bad_int).map(lambda t: ["compare", "--env", "pointmass", "--seeds", str(t[0])]),
         st.tuples(_bad_int).map(lambda t: ["compare", "--env", "pointmass", "--jobs", str(t[0])]),
+        st.tuples(_bad_int).map(lambda t: ["compare", "--env", "pointmass", "--threads", str(t[0])]),
         st.tuples(unknown).map(lambda t: ["sweep", t[0]]),
         st.tuples(unknown).map(lambda t: ["sweep", "single-task", "--scale", t[0]]),
         st.tuples(_bad_int).map(lambda t: ["sweep", "single-task", "--seeds", str(t[0])]),
