@@ -24,6 +24,10 @@ step "world model and policy latency"
 PWM_BENCH_DEVICE=cuda timeout 90 python -m pytest benchmarks/test_bench_agents.py -q -k "pwm or update" \
     --benchmark-json "$OUT/bench_agents.json" -p no:cacheprovider 2>&1 | tail -3 || status=1
 
+step "PWM learning stages against a same-run matmul"
+timeout 60 pwm-bench bench-wm --device cuda --repeats 20 --json > "$OUT/bench_wm.json" || status=1
+timeout 60 pwm-bench bench-wm --device cuda --repeats 20 2>&1 | tail -16 || status=1
+
 step "paper-preset PWM pipeline on the hopper (shortened)"
 timeout 200 pwm-bench run --algo pwm --env hopper --preset paper --device cuda --out "$OUT/results" --quiet \
     --set collect_steps=262144 --set pretrain_steps=2000 --set total_steps=1024000 --set eval_every=204800 \

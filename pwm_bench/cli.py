@@ -1,5 +1,5 @@
 """The ``pwm-bench`` command line: run, compare, sweep, plot, collect, datasets, pretrain-wm, wm-check,
-list, results, show, bench-env.
+list, results, show, bench-env, bench-wm.
 
 Bad input (unknown names, bad ``--set`` values, missing CUDA) prints one line naming the valid
 choices and exits with code 2. ``run`` exits 0 when the run completed, 1 when it failed (NaN/inf)
@@ -1034,6 +1034,65 @@ def bench_env_cmd(
     if result.muscle_share is not None:
         line += f"; muscle forces {100 * result.muscle_share:.0f} % of a forward step"
     typer.echo(line)
+
+
+@app.command(
+    "bench-wm",
+    epilog="Examples:\n\n  pwm-bench bench-wm\n\n  pwm-bench bench-wm --preset cpu,paper --threads 2 --json",
+)
+def bench_wm_cmd(
+    preset: Annotated[str, typer.Option(help="Comma-separated presets whose networks are timed.")] = "cpu,paper",
+    env: Annotated[str, typer.Option(help="Env whose observation and action sizes the model gets.")] = "hopper",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    repeats: Annotated[int, typer.Option(help="Timed calls per stage (the median is shown).")] = 10,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch [default: torch's].")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="PWM config field key=value (e.g. wm_batch_size=256).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Time PWM's model step, imagined actor update and critic passes against a same-run matmul."""
+    import json
+
+    from rich.table import Table
+
+    from pwm_bench.bench_models import bench_models
+    from pwm_bench.config import PRESETS, parse_set_options
+    from pwm_bench.envs import env_spec
+    from pwm_bench.runner import resolve_device, set_threads
+
+    _setup_logging(False)
+    presets = _split_names(preset, "--preset") or []
+    for p in presets:
+        if p not in PRESETS:
+            raise unknown_choice("preset", p, PRESETS)
+    env_spec(env)
+    if env.startswith("mt:"):
+        raise UsageError(f"bench-wm takes one env's sizes; '{env}' is a task set")
+    dev = resolve_device(device)
+    set_threads(threads)
+    if not 1 <= repeats <= 1000:
+        raise UsageError(f"--repeats must be in [1, 1000], got {repeats}")
+    overrides = parse_set_options(set_ or [])
+    results = [bench_models(p, env, str(dev), repeats=repeats, overrides=overrides) for p in presets]
+    if json_out:
+        typer.echo(json.dumps([r.as_dict() for r in results]))
+        return
+    for r in results:
+        table = Table(
+            title=(
+                f"PWM '{r.preset}' on {r.env} sizes, {r.device}, {r.threads} thread(s): model {r.parameters:,} "
+                f"parameters, batch {r.batch}, H {r.horizon}, {r.worlds} worlds; "
+                f"reference {r.matmul_n}² fp32 matmul {r.matmul_gflops:.1f} GFLOP/s"
+            )
+        )
+        for col in ("stage", "ms per call", "GFLOP per call", "GFLOP/s", "of the matmul"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        for s in r.stages:
+            table.add_row(
+                s.stage, f"{s.ms:.1f}", f"{s.gflop:.3f}", f"{s.gflops:.1f}", f"{100 * s.roofline_share:.0f} %"
+            )
+        _console().print(table)
 
 
 def _one_line(text: str) -> str:

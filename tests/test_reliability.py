@@ -137,6 +137,8 @@ def _bad_argv() -> st.SearchStrategy[list[str]]:
         st.tuples(_bad_int).map(lambda t: ["bench-env", "--env", "pointmass", "--num-envs", str(t[0])]),
         st.tuples(_bad_int).map(lambda t: ["wm-check", "nowhere", "--horizon", str(t[0])]),
         st.tuples(unknown).map(lambda t: ["show", t[0]]),
+        st.tuples(unknown).map(lambda t: ["bench-wm", "--preset", t[0]]),
+        st.tuples(_bad_int).map(lambda t: ["bench-wm", "--preset", "smoke", "--repeats", str(t[0])]),
     )
 
 

@@ -1,0 +1,183 @@
+"""Throughput of PWM's learning steps against the same run's matmul roofline (``pwm-bench bench-wm``).
+
+Three stages of a PWM epoch are timed on random data of an env's sizes, with the preset's networks:
+
+- ``model step``: one world-model training step (loss over ``H``-step windows of ``wm_batch_size``,
+  backward, gradient clip, Adam);
+- ``actor update``: one ``H``-step imagined rollout from ``num_envs`` start latents and the actor's
+  step through it (model and critics frozen, gradients through their activations);
+- ``critic passes``: the critics' ``critic_iterations × critic_batches`` minibatch steps on the
+  window's latents.
+
+FLOPs per stage come from :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls and
+convolutions, forward and backward), so GFLOP/s is comparable with the reference: a square fp32
+matmul (``2 n^3`` FLOPs) timed in the same process, which is about the best these cores do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pwm_bench.bench import _sync
+
+
+@dataclasses.dataclass
+class StageTiming:
+    """One timed stage: ``ms`` per call (median of the repeats), ``gflop`` per call and ``gflops``."""
+
+    stage: str
+    ms: float
+    gflop: float
+    gflops: float
+    roofline_share: float
+    """``gflops`` over the same run's matmul GFLOP/s."""
+
+
+@dataclasses.dataclass
+class ModelBenchResult:
+    """Timings of one preset: its model's size and batch, the matmul reference and every stage."""
+
+    preset: str
+    env: str
+    device: str
+    threads: int
+    parameters: int
+    batch: int
+    horizon: int
+    worlds: int
+    matmul_gflops: float
+    matmul_n: int
+    stages: list[StageTiming]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _median_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000.0 * times[len(times) // 2]
+
+
+def _flops(fn: Callable[[], Any]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 10) -> float:
+    """GFLOP/s of an ``n × n`` fp32 matmul on ``device`` (the median of ``repeats``)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    ms = _median_ms(lambda: torch.mm(a, b), device, repeats)
+    return 2.0 * n**3 / (ms / 1000.0) / 1e9
+
+
+def bench_models(
+    preset: str = "cpu",
+    env: str = "hopper",
+    device: str = "cpu",
+    repeats: int = 10,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+) -> ModelBenchResult:
+    """Time PWM's three learning stages for ``preset``'s networks on ``env``'s sizes (see module doc).
+
+    ``overrides`` are PWM config fields (strings as on the command line, e.g. ``{"wm_batch_size": "256"}``).
+    """
+    from pwm_bench.envs import make_env
+    from pwm_bench.nn import RunningMeanStd
+    from pwm_bench.pwm import CriticEnsemble, LatentActor, PWMConfig
+    from pwm_bench.pwm.imagination import imagine, train_critics
+    from pwm_bench.pwm.single_task import pwm_model_loss
+    from pwm_bench.world_model import WorldModel
+
+    dev = torch.device(device)
+    probe = make_env(env, 1, "cpu")
+    obs_dim, act_dim = probe.obs_dim, probe.act_dim
+    probe.close()
+    torch.manual_seed(seed)
+    cfg = PWMConfig.from_preset(preset, env)
+    if overrides:
+        from pwm_bench.config import apply_overrides
+
+        cfg = apply_overrides(cfg, overrides, what="pwm config key")
+        cfg.validate()
+    wm = WorldModel(obs_dim, act_dim, cfg.world_model_config()).to(dev)
+    actor = LatentActor(wm.cfg.latent_dim, act_dim, cfg.actor_hidden, cfg.init_log_std).to(dev)
+    critics = CriticEnsemble(wm.cfg.latent_dim, cfg.critic_hidden, cfg.num_critics).to(dev)
+    wm_opt = torch.optim.Adam(wm.parameters(), lr=cfg.wm_lr)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
+    critic_opt = torch.optim.Adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
+    ret_rms = RunningMeanStd(()).to(dev)
+    h, b, n = cfg.horizon, cfg.wm_batch_size, cfg.num_envs
+    o = torch.randn(h + 1, b, obs_dim, device=dev)
+    a = torch.rand(h, b, act_dim, device=dev) * 2 - 1
+    r, d = torch.randn(h, b, device=dev), torch.zeros(h, b, device=dev)
+    z0 = wm.encode(torch.randn(n, obs_dim, device=dev)).detach()
+
+    def model_step() -> None:
+        wm.requires_grad_(True)
+        loss = pwm_model_loss(wm, cfg, o, a, r, d)
+        wm_opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        torch.nn.utils.clip_grad_norm_(wm.parameters(), 20.0)
+        wm_opt.step()
+
+    window_box: list[Any] = []
+
+    def actor_update() -> None:
+        wm.requires_grad_(False)
+        critics.requires_grad_(False)
+        window, _ = imagine(wm, actor, critics, z0, cfg)
+        critics.requires_grad_(True)
+        # the actor's step alone: critic passes are timed separately (no critic iterations here)
+        if cfg.return_norm:
+            ret_rms.update(window.returns)
+        actor_opt.zero_grad(set_to_none=True)
+        window.loss.mean().backward()
+        torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.actor_grad_clip)
+        actor_opt.step()
+        window_box[:] = [window]
+
+    actor_update()
+    latents = window_box[0].latents.detach()
+    targets = torch.randn(latents.shape[:-1], device=dev)
+
+    def critic_passes() -> None:
+        train_critics(critics, critic_opt, latents, targets, cfg)
+
+    gflops_ref = matmul_gflops(dev)
+    stages = []
+    for name, fn in (("model step", model_step), ("actor update", actor_update), ("critic passes", critic_passes)):
+        flop = _flops(fn)
+        ms = _median_ms(fn, dev, repeats)
+        rate = flop / (ms / 1000.0) / 1e9
+        stages.append(StageTiming(name, ms, flop / 1e9, rate, rate / gflops_ref))
+    return ModelBenchResult(
+        preset=preset,
+        env=env,
+        device=str(dev),
+        threads=torch.get_num_threads(),
+        parameters=sum(p.numel() for p in wm.parameters()),
+        batch=b,
+        horizon=h,
+        worlds=n,
+        matmul_gflops=gflops_ref,
+        matmul_n=1024,
+        stages=stages,
+    )
