@@ -100,7 +100,6 @@ def bench_models(
     ``overrides`` are PWM config fields (strings as on the command line, e.g. ``{"wm_batch_size": "256"}``).
     """
     from pwm_bench.envs import make_env
-    from pwm_bench.nn import RunningMeanStd
     from pwm_bench.pwm import CriticEnsemble, LatentActor, PWMConfig
     from pwm_bench.pwm.imagination import imagine, train_critics
     from pwm_bench.pwm.single_task import pwm_model_loss
@@ -123,7 +122,6 @@ def bench_models(
     wm_opt = torch.optim.Adam(wm.parameters(), lr=cfg.wm_lr)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
     critic_opt = torch.optim.Adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
-    ret_rms = RunningMeanStd(()).to(dev)
     h, b, n = cfg.horizon, cfg.wm_batch_size, cfg.num_envs
     o = torch.randn(h + 1, b, obs_dim, device=dev)
     a = torch.rand(h, b, act_dim, device=dev) * 2 - 1
@@ -138,24 +136,19 @@ def bench_models(
         torch.nn.utils.clip_grad_norm_(wm.parameters(), 20.0)
         wm_opt.step()
 
-    window_box: list[Any] = []
-
     def actor_update() -> None:
         wm.requires_grad_(False)
         critics.requires_grad_(False)
         window, _ = imagine(wm, actor, critics, z0, cfg)
         critics.requires_grad_(True)
-        # the actor's step alone: critic passes are timed separately (no critic iterations here)
-        if cfg.return_norm:
-            ret_rms.update(window.returns)
+        # the actor's step alone: the critic passes are timed separately
         actor_opt.zero_grad(set_to_none=True)
         window.loss.mean().backward()
         torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.actor_grad_clip)
         actor_opt.step()
-        window_box[:] = [window]
 
-    actor_update()
-    latents = window_box[0].latents.detach()
+    with torch.no_grad():
+        latents = imagine(wm, actor, critics, z0, cfg)[0].latents
     targets = torch.randn(latents.shape[:-1], device=dev)
 
     def critic_passes() -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pwm_bench.errors import RunInterrupted, UsageError, unknown_choice
-from pwm_bench.store import check_name
+from pwm_bench.store import check_name, one_line
 
 if TYPE_CHECKING:
     from pwm_bench.analysis.experiments import Selection
@@ -200,8 +200,6 @@ def _split_names(text: str | None, what: str = "--algos") -> list[str] | None:
 
 MAX_JOBS = 256
 """Most cells one machine may run at once."""
-MAX_THREADS = 1024
-"""Most torch threads a command may ask for."""
 
 
 def _check_jobs(jobs: int) -> None:
@@ -276,7 +274,7 @@ def sweep(
     """
     from pwm_bench.analysis.sweep import GridInterrupted, SweepMonitor, cell_status, run_cells
     from pwm_bench.progress import LogReporter, RichReporter
-    from pwm_bench.runner import resolve_device
+    from pwm_bench.runner import check_threads, resolve_device
 
     fancy = sys.stdout.isatty() and not quiet
     _check_out(out)
@@ -289,8 +287,7 @@ def sweep(
         if launcher not in ("local", "ray"):
             raise UsageError(f"unknown launcher '{launcher}'; valid choices: local, ray")
         _check_jobs(jobs)
-        if threads is not None and not 0 < threads <= MAX_THREADS:
-            raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {threads}")
+        check_threads(threads)
         if launcher == "local":
             resolve_device(device)
         from pwm_bench.analysis.aggregate import selection_cells
@@ -456,7 +453,7 @@ def compare(
     from pwm_bench.compare import GridInterrupted, run_grid, summarize
     from pwm_bench.config import parse_set_options
     from pwm_bench.progress import LogReporter, RichReporter
-    from pwm_bench.runner import resolve_device
+    from pwm_bench.runner import check_threads, resolve_device
     from pwm_bench.store import atomic_write_text
 
     fancy = sys.stdout.isatty() and not quiet
@@ -469,8 +466,7 @@ def compare(
             raise UsageError("--algos needs at least one algorithm")
         _check_seeds(seeds)
         _check_jobs(jobs)
-        if threads is not None and not 0 < threads <= MAX_THREADS:
-            raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {threads}")
+        check_threads(threads)
         if at_steps is not None and at_steps <= 0:
             raise UsageError(f"--at-steps must be positive, got {at_steps}")
         resolve_device(device)
@@ -1095,10 +1091,6 @@ def bench_wm_cmd(
         _console().print(table)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
-
-
 def _io_error_message(exc: OSError) -> str:
     """``cannot use PATH: reason`` for a file-system error (permission, full disk, a file where a
     folder should be, ...)."""
@@ -1126,7 +1118,7 @@ def run_cli(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except cx.UsageError as exc:
         cmd = exc.ctx.command_path if exc.ctx is not None else "pwm-bench"
-        typer.echo(f"error: {_one_line(exc.format_message())} (see {cmd} --help)", err=True)
+        typer.echo(f"error: {one_line(exc.format_message())} (see {cmd} --help)", err=True)
         return EXIT_USAGE
     except typer.Exit as exc:
         return exc.exit_code
@@ -1134,7 +1126,7 @@ def run_cli(argv: list[str] | None = None) -> int:
         typer.echo(f"interrupted{f' ({exc})' if str(exc) else ''}; the same command continues", err=True)
         return EXIT_INTERRUPTED
     except (UsageError, PwmBenchError) as exc:
-        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
         return EXIT_USAGE
     except OSError as exc:
         typer.echo(f"error: {_io_error_message(exc)}", err=True)

@@ -32,10 +32,17 @@ import torch
 
 from pwm_bench.config import to_dict
 from pwm_bench.datasets import EpisodeDataset, MultiTaskDataset
-from pwm_bench.errors import DamagedFileError, NonFiniteError, RunInterrupted, UsageError, unknown_choice
+from pwm_bench.errors import NonFiniteError, RunInterrupted, UsageError, unknown_choice
 from pwm_bench.progress import Reporter
 from pwm_bench.signals import stop_signals_to
-from pwm_bench.store import DEFAULT_ROOT, atomic_save, atomic_write_json, atomic_write_text, atomic_write_yaml
+from pwm_bench.store import (
+    DEFAULT_ROOT,
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_yaml,
+    read_torch,
+)
 from pwm_bench.world_model import WorldModel, WorldModelConfig, model_config, parameter_count, world_model_loss
 
 log = logging.getLogger(__name__)
@@ -344,15 +351,7 @@ def _mark_interrupted(path: Path) -> None:
 
 def _read_model_checkpoint(path: Path) -> dict[str, Any]:
     """A pretraining ``model.pt`` (raises :class:`DamagedFileError` naming it when unreadable)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a bad file
-        reason = " ".join(str(exc).split())[:160]
-        raise DamagedFileError(f"{path} is damaged ({type(exc).__name__}: {reason})") from None
-    keys = ("model", "wm_config", "obs_dim", "act_dim", "rows", "step")
-    if not isinstance(state, dict) or any(k not in state for k in keys):
-        raise DamagedFileError(f"{path} is damaged (not a world-model checkpoint)")
-    return state
+    return read_torch(path, ("model", "wm_config", "obs_dim", "act_dim", "rows", "step"), "world-model checkpoint")
 
 
 def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> WorldModel:

@@ -41,7 +41,14 @@ import torch
 
 from pwm_bench.errors import NonFiniteError, RunInterrupted
 from pwm_bench.progress import Reporter
-from pwm_bench.store import atomic_save, atomic_write_json, atomic_write_text, atomic_write_yaml
+from pwm_bench.store import (
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_yaml,
+    damaged_file,
+    read_torch,
+)
 
 if TYPE_CHECKING:
     from pwm_bench.algos import Policy
@@ -225,19 +232,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         DamagedFileError: empty, truncated or foreign file, or one that lacks the checkpoint's keys
             (the message names the file).
     """
-    from pwm_bench.errors import DamagedFileError
-
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a bad file (EOFError, RuntimeError, UnpicklingError)
-        reason = " ".join(str(exc).split())[:160]
-        raise DamagedFileError(f"{path} is damaged ({type(exc).__name__}: {reason})") from None
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise DamagedFileError(f"{path} is damaged (not a run checkpoint: no {', '.join(missing)})")
+    ckpt = read_torch(path, CHECKPOINT_KEYS, "run checkpoint")
     if not isinstance(ckpt["rows"], list) or ckpt.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
-        raise DamagedFileError(f"{path} is damaged (unknown checkpoint format {ckpt.get('format')!r})")
+        raise damaged_file(path, f"unknown checkpoint format {ckpt.get('format')!r}")
     return ckpt
 
 

@@ -101,13 +101,17 @@ def resolve_device(name: str) -> torch.device:
     raise unknown_choice("device", name, ["auto", "cpu", "cuda", "cuda:<index>"])
 
 
-def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)``; None keeps torch's default; raises :class:`UsageError` if < 1."""
-    if threads is None:
-        return
-    if not 0 < threads <= MAX_THREADS:
+def check_threads(threads: int | None) -> None:
+    """:class:`UsageError` unless ``threads`` is None or in ``[1, MAX_THREADS]``."""
+    if threads is not None and not 0 < threads <= MAX_THREADS:
         raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {threads}")
-    torch.set_num_threads(threads)
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)``; None keeps torch's default; checked by :func:`check_threads`."""
+    check_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -135,9 +139,6 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
             raise UsageError("--resume: --set cannot change a stored run's config; start a new run instead")
         if req.run_id is not None and req.run_id != run_dir.name:
             raise UsageError(f"--resume: the run's id is {run_dir.name!r}; --run-id {req.run_id!r} cannot rename it")
-        status = read_summary(run_dir).get("status")
-        if status == "completed":
-            raise UsageError(f"--resume {run_dir}: the run already completed; nothing to resume")
         algo = get_algorithm(record["algo"])
         cfg = from_dict(algo.config, record["algo_config"])
         env_cfg = from_dict(env_spec(record["env"]).config, record.get("env_config") or {})
@@ -322,32 +323,23 @@ def _train(
         env = req.wrap_env(env, run_dir)
     eval_env = make_env(record["env"], cfg.eval_episodes, device, False, **env_kwargs)
     run = Run(run_dir, cfg=cfg, config_record=record, seed=seed, device=device, eval_env=eval_env, reporter=reporter)
-    try:
-        if req.resume is not None:
+    with contextlib.ExitStack() as stack:
+        stack.callback(eval_env.close)
+        stack.callback(env.close)
+        if req.resume is not None:  # execute holds its lock
             removed = remove_stale_temporaries(run_dir)
             if removed:
                 log.info("removed %d partial file(s) left by the previous process", removed)
             _resume_from_checkpoint(run, run_dir)
-            lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()  # held by execute
-        else:
-            # a new run takes its folder's lock as it creates the folder
-            lock = run_lock(run_dir)
-        lock.__enter__()
-    except BaseException:
-        env.close()
-        eval_env.close()
-        raise
-    try:
-        return _train_locked(run, algo, env, eval_env, cfg, record, run_dir, seed, reporter)
-    finally:
-        lock.__exit__(None, None, None)
+        else:  # a new run takes its folder's lock as it creates the folder
+            stack.enter_context(run_lock(run_dir))
+        return _train_locked(run, algo, env, cfg, record, run_dir, seed, reporter)
 
 
 def _train_locked(
     run: Run,
     algo: Algorithm,
     env: Any,
-    eval_env: Any,
     cfg: Any,
     record: dict[str, Any],
     run_dir: Path,
@@ -356,13 +348,7 @@ def _train_locked(
 ) -> RunResult:
     status, error, policy = "failed", None, None
     with _stop_on_signals(run) as guard:
-        try:
-            # a store that takes no write at all is bad input (one line, exit 2), not a failed run
-            run.start()
-        except BaseException:
-            env.close()
-            eval_env.close()
-            raise
+        run.start()  # a store that takes no write at all is bad input (one line, exit 2), not a failed run
         reporter.start(f"{algo.name} · {record['env']} · seed {seed}", run.budget, run.progress)
         log.info("run folder: %s", run_dir)
         try:
@@ -395,9 +381,6 @@ def _train_locked(
                 run.write_summary("failed", error=f"{type(exc).__name__}: {exc}")
             reporter.stop()
             raise
-        finally:
-            env.close()
-            eval_env.close()
         reporter.stop()
         if status != "completed":
             try:

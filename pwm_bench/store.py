@@ -117,15 +117,32 @@ def env_dirname(env: str) -> str:
     return env.replace(":", "-").replace("/", "-")
 
 
-def _damaged(path: Path, exc: BaseException | str) -> Exception:
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space."""
+    return " ".join(text.split())
+
+
+def damaged_file(path: str | os.PathLike[str], exc: BaseException | str) -> Exception:
+    """The :class:`DamagedFileError` that names ``path`` and why it cannot be read (``exc``)."""
     from pwm_bench.errors import DamagedFileError
 
     reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    return DamagedFileError(f"{path} is damaged ({_one_line(str(reason))[:200]})")
+    return DamagedFileError(f"{path} is damaged ({one_line(str(reason))[:200]})")
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def read_torch(path: str | os.PathLike[str], keys: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """A ``torch.save``d dict holding ``keys`` (a checkpoint of ``kind``), or :class:`DamagedFileError`
+    naming the file when it is empty, truncated, foreign or lacks a key."""
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a bad file (EOFError, RuntimeError, UnpicklingError)
+        raise damaged_file(path, exc) from None
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise damaged_file(path, f"not a {kind}: no {', '.join(missing)}")
+    return data
 
 
 def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -143,7 +160,7 @@ def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(summary, dict):
             raise ValueError(f"expected a JSON object, found {type(summary).__name__}")
     except (ValueError, UnicodeDecodeError) as exc:
-        return {"status": "damaged", "error": str(_damaged(path, exc))}
+        return {"status": "damaged", "error": str(damaged_file(path, exc))}
     if summary.get("status") == "running" and not _process_alive(summary):
         summary["status"] = "died"
     return summary
@@ -162,9 +179,9 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         cfg = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
-        raise _damaged(path, exc) from None
+        raise damaged_file(path, exc) from None
     if not isinstance(cfg, dict) or not {"algo", "env", "seed"} <= set(cfg):
-        raise _damaged(path, "not a run config: expected a mapping with algo, env and seed")
+        raise damaged_file(path, "not a run config: expected a mapping with algo, env and seed")
     return cfg
 
 
@@ -315,7 +332,7 @@ def load_metrics(run_dir: str | os.PathLike[str]) -> Any:
     try:
         df = pd.read_csv(path)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise _damaged(path, exc) from None
+        raise damaged_file(path, exc) from None
     if "env_steps" not in df.columns:
-        raise _damaged(path, "no env_steps column")
+        raise damaged_file(path, "no env_steps column")
     return df

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,14 @@ def cli(*args: str, env_extra: dict[str, str] | None = None, timeout: float = 30
     return subprocess.run(
         [sys.executable, "-m", "pwm_bench", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def wait_for(condition: Any, timeout: float = 120.0, poll: float = 0.05) -> bool:
+    """Poll ``condition()`` until it is true or ``timeout`` seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(poll)
+    return bool(condition())
 
 
 class NaNPointMass(PointMassEnv):

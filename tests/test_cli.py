@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import yaml
 
 from pwm_bench.store import atomic_write_yaml, read_summary
 
-from .conftest import cli
+from .conftest import cli, wait_for
 
 
 @pytest.mark.parametrize(
@@ -151,9 +150,7 @@ def test_sigterm_exits_130_and_cli_resume_completes(out: Path) -> None:
     cmd = [sys.executable, "-m", "pwm_bench", "run", "--algo", "ppo", "--env", "pointmass", "--out", str(out)]
     cmd += ["--set", "total_steps=300000", "--set", "eval_every=1024", "--set", "num_envs=8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(out.glob("runs/*/*/*/checkpoints/latest.pt")):
-        time.sleep(0.2)
+    wait_for(lambda: any(out.glob("runs/*/*/*/checkpoints/latest.pt")))
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

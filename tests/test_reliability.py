@@ -30,7 +30,7 @@ from pwm_bench.errors import DamagedFileError, LockedError
 from pwm_bench.runner import RunRequest, execute
 from pwm_bench.store import LOCK_FILE, read_summary, run_lock, runs_table
 
-from .conftest import PPO_TINY, run_inprocess
+from .conftest import PPO_TINY, run_inprocess, wait_for
 from .test_datasets import TINY_WM, _record_pointmass
 from .test_run import SignalAt
 
@@ -308,9 +308,7 @@ def _start_run(out: Path, run_id: str) -> tuple[subprocess.Popen, Path]:
     cmd = pwm_bench("run", "--algo", "ppo", "--env", "pointmass", "--out", str(out), "--run-id", run_id, *_LONG)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = out / "runs" / "pointmass" / "ppo" / run_id
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (run_dir / "checkpoints" / "latest.pt").exists():
-        time.sleep(0.05)
+    wait_for((run_dir / "checkpoints" / "latest.pt").exists)
     assert proc.poll() is None, proc.communicate()
     return proc, run_dir
 
@@ -342,9 +340,7 @@ def test_pretrain_wm_stops_on_sigterm_and_resumes_every_row(tmp_path: Path) -> N
     args += ["--set", "batch_size=16", "--set", "horizon=4", "--set", "eval_every=5", "--set", "eval_batches=1"]
     proc = subprocess.Popen(pwm_bench(*args, *wm, "--steps", "300"), stderr=subprocess.PIPE, text=True)
     folder = out / "world_models" / "m"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (folder / "metrics.csv").exists():
-        time.sleep(0.05)
+    wait_for((folder / "metrics.csv").exists)
     time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
@@ -367,9 +363,7 @@ def test_compare_ctrl_c_stops_the_grid_and_exits_130(out: Path) -> None:
     cmd = pwm_bench("compare", "--env", "pointmass", "--algos", "ppo", "--seeds", "2", "--preset", "smoke")
     cmd += ["--out", str(out), *_LONG]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(out.glob("runs/*/*/*/checkpoints/latest.pt")):
-        time.sleep(0.05)
+    wait_for(lambda: any(out.glob("runs/*/*/*/checkpoints/latest.pt")))
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
@@ -386,9 +380,7 @@ def _kill_at_random(cmd: list[str], marker, rng: random.Random) -> str:
     """Start ``cmd``, wait until ``marker()`` is true (it is working), then after a random pause send a
     random one of SIGKILL, SIGTERM, SIGINT. Returns what happened."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not marker():
-        time.sleep(0.02)
+    wait_for(lambda: proc.poll() is not None or marker(), poll=0.02)
     time.sleep(rng.uniform(0.0, 1.5))
     sig = rng.choice([signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
     if proc.poll() is not None:
