@@ -144,3 +144,190 @@ def _muscle_share(env: Any, sim: Any, actions: Any, steps: int, rounds: int = 5)
                 sim.forward(q, qd, act)  # untimed: on CUDA this captures a graph without muscles
                 without.append(timed())
     return max(0.0, 1.0 - min(without) / min(with_muscles))
+
+
+# --------------------------------------------------------------------------------------------------
+# where a control step's time goes (``pwm-bench bench-env --profile``)
+
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("contact", ("ground_contact",)),
+    ("muscles and joint springs", ("muscle", "ball_springs")),
+    ("actions", ("scatter_actions",)),
+    ("mass matrix and factorisation", ("eval_rigid_jacobian", "eval_rigid_mass", "dense_gemm", "dense_cholesky")),
+    ("linear solve", ("dense_solve",)),
+    ("kinematics", ("fk", "joint_qd")),
+    ("dynamics terms", ("eval_rigid_id", "eval_rigid_tau", "joint_f")),
+    ("integration", ("integrate",)),
+)
+"""Stages of a Featherstone control step and the substrings of the Warp kernel names that belong to
+each (Newton's solver kernels and this project's contact, action and muscle kernels)."""
+
+TORCH_SIDE = "torch side (observations, rewards, resets, transfers, Python)"
+"""The part of a step spent outside Warp kernels."""
+
+
+def stage_of(kernel: str) -> str:
+    """The stage (:data:`STAGES`) a Warp kernel name belongs to, or ``"other kernels"``."""
+    for stage, patterns in STAGES:
+        if any(p in kernel for p in patterns):
+            return stage
+    return "other kernels"
+
+
+@dataclasses.dataclass
+class StageShare:
+    """One stage of a profiled control step.
+
+    Attributes:
+        phase: ``"forward"`` (a step without gradients) or ``"forward+backward"`` (a step of a
+            differentiable window and its share of the backward pass).
+        part: within forward+backward: ``"forward"`` (the recorded step), ``"backward re-run"`` (the
+            step re-run under a tape) or ``"adjoint"`` (the adjoint kernels); else ``"forward"``.
+        stage: a name of :data:`STAGES`, ``"other kernels"`` or :data:`TORCH_SIDE`.
+        ms_per_step: milliseconds per control step of all worlds.
+        share: fraction of the phase's time.
+        launches_per_step: kernel launches per control step (0 for the torch side).
+    """
+
+    phase: str
+    part: str
+    stage: str
+    ms_per_step: float
+    share: float
+    launches_per_step: float
+
+
+@dataclasses.dataclass
+class EnvProfile:
+    """A profiled env: the per-stage shares of each phase and the phases' measured step times.
+
+    ``step_ms`` maps a phase to its milliseconds per control step (all worlds) measured with the
+    kernels timed one by one; timing every launch adds a little to each, so the throughput of
+    :func:`bench_env` (measured without it) is the one to quote.
+    """
+
+    env: str
+    num_envs: int
+    device: str
+    step_ms: dict[str, float]
+    stages: list[StageShare]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _KernelClock:
+    """Times every ``warp.launch`` while active (synchronising around it on CUDA), keyed by
+    ``(kernel name, adjoint, part)``; ``part`` is set by the caller as the step goes on."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.part = "forward"
+        self.seconds: dict[tuple[str, bool, str], float] = {}
+        self.launches: dict[tuple[str, bool, str], int] = {}
+
+    def __enter__(self) -> _KernelClock:
+        import warp
+
+        self._warp, self._launch = warp, warp.launch
+        cuda = self.device.type == "cuda"
+
+        def timed(kernel: Any, *args: Any, **kwargs: Any) -> Any:
+            if cuda:
+                warp.synchronize_device()
+            t0 = time.perf_counter()
+            out = self._launch(kernel, *args, **kwargs)
+            if cuda:
+                warp.synchronize_device()
+            key = (getattr(kernel, "key", str(kernel)), bool(kwargs.get("adjoint", False)), self.part)
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+            self.launches[key] = self.launches.get(key, 0) + 1
+            return out
+
+        warp.launch = timed
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._warp.launch = self._launch
+
+
+def profile_env(
+    name: str,
+    num_envs: int,
+    device: str = "cpu",
+    *,
+    differentiable: bool = False,
+    steps: int = 20,
+    window: int = 8,
+    seed: int = 0,
+    **overrides: Any,
+) -> EnvProfile:
+    """Split an env's control step into :data:`STAGES` by timing each Warp kernel launch.
+
+    The forward phase times ``steps`` steps without gradients. With ``differentiable``, windows of
+    ``window`` recorded steps and their backward pass are timed too; that phase is split into the
+    recorded forward steps, the re-run of each step under a Warp tape in the backward pass, and
+    the adjoint kernels. Everything outside kernels is the torch side.
+    """
+    from pwm_bench.envs import make_env
+
+    env = make_env(name, num_envs, device, differentiable=differentiable, **overrides)
+    dev = env.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def actions() -> torch.Tensor:
+        return (torch.rand(num_envs, env.act_dim, generator=gen) * 2 - 1).to(dev)
+
+    env.reset(seed=seed)
+    with torch.no_grad():
+        for _ in range(3):
+            env.step(actions())
+    phases: list[tuple[str, _KernelClock, float, int]] = []
+    with _KernelClock(dev) as clock, torch.no_grad():
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            env.step(actions())
+        _sync(dev)
+        phases.append(("forward", clock, time.perf_counter() - t0, steps))
+    if differentiable:
+
+        def window_pass(clock: _KernelClock | None) -> None:
+            env.detach()
+            acts = torch.stack([actions() for _ in range(window)]).requires_grad_(True)
+            total = torch.zeros((), device=dev)
+            for t in range(window):
+                _, reward, *_ = env.step(acts[t])
+                total = total + reward.sum()
+            if clock is not None:
+                clock.part = "backward"
+            total.backward()
+            if clock is not None:
+                clock.part = "forward"
+
+        window_pass(None)  # warm-up: adjoint kernels
+        windows = max(1, steps // window)
+        with _KernelClock(dev) as clock:
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(windows):
+                window_pass(clock)
+            _sync(dev)
+            phases.append(("forward+backward", clock, time.perf_counter() - t0, windows * window))
+    env.close()
+    stages: list[StageShare] = []
+    step_ms: dict[str, float] = {}
+    for phase, clock, seconds, count in phases:
+        step_ms[phase] = 1000.0 * seconds / count
+        grouped: dict[tuple[str, str], list[float]] = {}
+        for (kernel, adjoint, part), s in clock.seconds.items():
+            sub = "adjoint" if adjoint else ("backward re-run" if part == "backward" else "forward")
+            row = grouped.setdefault((sub, stage_of(kernel)), [0.0, 0.0])
+            row[0] += s
+            row[1] += clock.launches[(kernel, adjoint, part)]
+        kernel_seconds = sum(s for s, _ in grouped.values())
+        for (sub, stage), (s, n) in sorted(grouped.items(), key=lambda kv: -kv[1][0]):
+            stages.append(StageShare(phase, sub, stage, 1000.0 * s / count, s / seconds, n / count))
+        rest = max(0.0, seconds - kernel_seconds)
+        stages.append(StageShare(phase, "", TORCH_SIDE, 1000.0 * rest / count, rest / seconds, 0.0))
+    return EnvProfile(name, num_envs, str(dev), step_ms, stages)

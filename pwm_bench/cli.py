@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -972,7 +972,8 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None
     "bench-env",
     epilog="Examples:\n\n  pwm-bench bench-env --env hopper --num-envs 256\n\n"
     "  pwm-bench bench-env --env ant --num-envs 256 --differentiable\n\n"
-    "  pwm-bench bench-env --env humanoid --num-envs 4096 --device cuda --differentiable",
+    "  pwm-bench bench-env --env humanoid --num-envs 4096 --device cuda --differentiable\n\n"
+    "  pwm-bench bench-env --env humanoid --num-envs 256 --differentiable --profile",
 )
 def bench_env_cmd(
     env: Annotated[str, typer.Option(help="Env name (see `pwm-bench list`).")] = "hopper",
@@ -984,12 +985,15 @@ def bench_env_cmd(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Env option key=value (e.g. contact_ke=1e5); repeatable.")
     ] = None,
+    profile: Annotated[
+        bool, typer.Option(help="Also split a step into its stages (each Warp kernel timed), per phase.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Measure an env's control steps per second (summed over worlds), forward and forward+backward."""
     import json
 
-    from pwm_bench.bench import bench_env
+    from pwm_bench.bench import bench_env, profile_env
     from pwm_bench.envs import env_spec
     from pwm_bench.runner import resolve_device
 
@@ -1018,10 +1022,15 @@ def bench_env_cmd(
         result = bench_env(
             env, num_envs, str(dev), differentiable=differentiable, steps=steps, window=window, **overrides
         )
+        prof = (
+            profile_env(env, num_envs, str(dev), differentiable=differentiable, steps=steps, window=window, **overrides)
+            if profile
+            else None
+        )
     except UsageError as e:
         raise _fail(str(e)) from None
     if json_out:
-        typer.echo(json.dumps(result.as_dict()))
+        typer.echo(json.dumps({**result.as_dict(), **({"profile": prof.as_dict()} if prof else {})}))
         return
     line = f"{env} x{num_envs} on {result.device}: forward {result.forward_sps:,.0f} steps/s"
     if result.forward_backward_sps is not None:
@@ -1030,6 +1039,38 @@ def bench_env_cmd(
     if result.muscle_share is not None:
         line += f"; muscle forces {100 * result.muscle_share:.0f} % of a forward step"
     typer.echo(line)
+    if prof is not None:
+        _print_profile(prof)
+
+
+def _print_profile(prof: Any) -> None:
+    """One table per phase: each stage's milliseconds per control step, share and launches."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for phase, ms in prof.step_ms.items():
+        t = Table(
+            title=f"{prof.env} x{prof.num_envs} on {prof.device}, {phase}: {ms:.2f} ms per control step"
+            " (kernels timed one by one)"
+        )
+        for col, justify in (
+            ("part", "left"),
+            ("stage", "left"),
+            ("ms/step", "right"),
+            ("share", "right"),
+            ("launches/step", "right"),
+        ):
+            t.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for row in (r for r in prof.stages if r.phase == phase):
+            t.add_row(
+                row.part,
+                row.stage,
+                f"{row.ms_per_step:.3f}",
+                f"{100 * row.share:.1f} %",
+                f"{row.launches_per_step:.0f}",
+            )
+        console.print(t)
 
 
 @app.command(
