@@ -96,6 +96,7 @@ def _setup_logging(fancy: bool) -> None:
         "  pwm-bench run --algo ppo --env gym:Pendulum-v1\n\n"
         "  pwm-bench run --algo ppo --env pointmass --preset smoke --seed 3\n\n"
         "  pwm-bench run --algo ppo --env gym:Pendulum-v1 --set lr=1e-3 --set hidden=[128,128]\n\n"
+        "  pwm-bench run --algo shac --env hopper --logger csv,tensorboard\n\n"
         "  pwm-bench run --resume results/runs/gym-Pendulum-v1/ppo/20261121-101500-s0-ab12"
     )
 )
@@ -124,6 +125,10 @@ def run(
     run_id: Annotated[
         str | None, typer.Option(help="Name of the run folder [default: <date>-<time>-s<seed>-<random>].")
     ] = None,
+    logger: Annotated[
+        str | None,
+        typer.Option(help="Loggers, comma-separated: csv (always), tensorboard, wandb (offline) [default: csv]."),
+    ] = None,
 ) -> None:
     """Train one algorithm on one environment and record the run in the results store."""
     from pwm_bench.config import parse_set_options
@@ -147,6 +152,7 @@ def run(
             reporter=reporter,
             threads=threads,
             run_id=run_id,
+            loggers=logger,
         )
         result = execute(request)
     except UsageError as exc:

@@ -30,7 +30,7 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,6 +262,7 @@ class Run:
         device: torch.device,
         eval_env: VecEnv | None,
         reporter: Reporter | None = None,
+        loggers: Sequence[str] = (),
     ) -> None:
         self.dir = Path(run_dir)
         self.cfg = cfg
@@ -293,6 +294,11 @@ class Run:
         self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.extra_summary: dict[str, Any] = {}
         """Algorithm-specific results merged into ``summary.json`` (e.g. per-task scores); JSON-serialisable."""
+        self.loggers = tuple(loggers)
+        """Loggers besides ``metrics.csv`` (:mod:`pwm_bench.loggers`), opened by :meth:`start`."""
+        self._sinks: list[Any] = []
+        self._emitted = 0  # rows sent to the loggers
+        self._emitted_keys: set[str] = set()  # the metrics of the last of them that were sent
 
     # -- algorithm-facing -----------------------------------------------------------------------------
 
@@ -418,11 +424,23 @@ class Run:
         return self._stop_requested
 
     def start(self) -> None:
-        """Write ``config.yaml`` and a ``running`` summary."""
+        """Write ``config.yaml`` and a ``running`` summary; open the loggers."""
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(self.dir / "config.yaml", self.config_record)
         self._t0 = self._iter_t0 = time.monotonic()
         self.write_summary("running")
+        if self.loggers:
+            from pwm_bench.loggers import open_sinks
+
+            resumed = self.resumes > 0
+            purge = int(self.rows[-1]["env_steps"]) + 1 if resumed and self.rows else (0 if resumed else None)
+            self._sinks = open_sinks(self.loggers, self.dir, self.config_record, purge)
+
+    def close(self) -> None:
+        """Close the loggers (idempotent)."""
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            sink.close()
 
     def load_checkpoint(self, path: Path) -> None:
         """Continue from checkpoint ``path`` (counters, metrics rows, RNG and algorithm state).
@@ -442,6 +460,8 @@ class Run:
         self.resumes = int(ckpt["resumes"]) + 1
         self._iter_steps0 = self.env_steps
         self._restored = ckpt
+        # the loggers got these rows when the checkpoint was written
+        self._emitted, self._emitted_keys = len(self.rows), set(self.rows[-1]) if self.rows else set()
         self.write_metrics()  # drop rows logged after this checkpoint: no duplicates on resume
 
     def checkpoint(self, state_fn: Callable[[], dict[str, Any]]) -> None:
@@ -507,6 +527,27 @@ class Run:
                 ]
             )
         atomic_write_text(self.dir / "metrics.csv", out.getvalue())
+        self._emit()
+
+    def _emit(self) -> None:
+        """Send the loggers what ``metrics.csv`` holds and they have not had yet: new rows, and new
+        metrics of the last row they got (the final evaluation can join that row at the end)."""
+        if not self._sinks:
+            return
+        pending: list[tuple[int, dict[str, float]]] = []
+        if self._emitted:
+            last = self.rows[self._emitted - 1]
+            new = {k: v for k, v in last.items() if k not in self._emitted_keys and k != "env_steps" and v is not None}
+            if new:
+                pending.append((int(last["env_steps"]), new))
+        for row in self.rows[self._emitted :]:
+            pending.append(
+                (int(row["env_steps"]), {k: v for k, v in row.items() if k != "env_steps" and v is not None})
+            )
+        for sink in self._sinks:
+            for step, values in pending:
+                sink.write(step, values)
+        self._emitted, self._emitted_keys = len(self.rows), set(self.rows[-1]) if self.rows else set()
 
     def write_summary(self, status: str, error: str | None = None) -> None:
         """Rewrite ``summary.json`` atomically with ``status`` (and ``error`` if failed)."""

@@ -15,7 +15,7 @@ import logging
 import secrets
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -69,6 +69,9 @@ class RunRequest:
     """CPU threads for torch (``torch.set_num_threads``); None keeps torch's default."""
     wrap_env: Callable[[Any, Path], Any] | None = None
     """Optional ``wrap_env(train_env, run_dir) -> env`` (e.g. a recorder for ``pwm-bench collect``)."""
+    loggers: str | Sequence[str] | None = None
+    """Loggers besides ``metrics.csv`` (``"tensorboard,wandb"``, see :mod:`pwm_bench.loggers`); None
+    keeps a resumed run's (a new run: none)."""
 
 
 @dataclasses.dataclass
@@ -142,6 +145,8 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
         algo = get_algorithm(record["algo"])
         cfg = from_dict(algo.config, record["algo_config"])
         env_cfg = from_dict(env_spec(record["env"]).config, record.get("env_config") or {})
+        if req.loggers is not None:
+            _set_loggers(record, req.loggers)
         return algo, cfg, env_cfg, record, run_dir
 
     if req.algo is None or req.env is None:
@@ -182,7 +187,19 @@ def _resolve(req: RunRequest) -> tuple[Algorithm, Any, Any, dict[str, Any], Path
         "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         "git_commit": git_commit(),
     }
+    _set_loggers(record, req.loggers)
     return algo, cfg, env_cfg, record, run_dir
+
+
+def _set_loggers(record: dict[str, Any], loggers: str | Sequence[str] | None) -> None:
+    """Record the run's extra loggers (checked names; the key is left out when there are none)."""
+    from pwm_bench.loggers import parse_loggers
+
+    names = parse_loggers(loggers)
+    if names:
+        record["loggers"] = list(names)
+    else:
+        record.pop("loggers", None)
 
 
 class _SignalGuard:
@@ -322,10 +339,20 @@ def _train(
     if req.wrap_env is not None:
         env = req.wrap_env(env, run_dir)
     eval_env = make_env(record["env"], cfg.eval_episodes, device, False, **env_kwargs)
-    run = Run(run_dir, cfg=cfg, config_record=record, seed=seed, device=device, eval_env=eval_env, reporter=reporter)
+    run = Run(
+        run_dir,
+        cfg=cfg,
+        config_record=record,
+        seed=seed,
+        device=device,
+        eval_env=eval_env,
+        reporter=reporter,
+        loggers=record.get("loggers", ()),
+    )
     with contextlib.ExitStack() as stack:
         stack.callback(eval_env.close)
         stack.callback(env.close)
+        stack.callback(run.close)
         if req.resume is not None:  # execute holds its lock
             removed = remove_stale_temporaries(run_dir)
             if removed:
