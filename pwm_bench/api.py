@@ -52,6 +52,7 @@ def train(
     out: str | Path = DEFAULT_ROOT,
     threads: int | None = None,
     run_id: str | None = None,
+    loggers: str | None = None,
 ) -> Result:
     """Train ``algo`` on ``env`` into the results store under ``out`` and return the outcome.
 
@@ -66,6 +67,7 @@ def train(
         out: results root.
         threads: torch CPU threads (None keeps torch's setting).
         run_id: name of the run folder (default: time, seed and a random suffix).
+        loggers: loggers besides ``metrics.csv``, e.g. ``"tensorboard,wandb"`` (:mod:`pwm_bench.loggers`).
 
     Raises:
         UsageError: a bad name or value (nothing is written then).
@@ -80,6 +82,7 @@ def train(
         out=Path(out),
         threads=threads,
         run_id=run_id,
+        loggers=loggers,
     )
     return execute(req)
 
