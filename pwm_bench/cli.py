@@ -1,5 +1,5 @@
 """The ``pwm-bench`` command line: run, compare, sweep, plot, collect, datasets, pretrain-wm, wm-check,
-list, results, show, bench-env, bench-wm.
+list, results, show, render, bench-env, bench-wm.
 
 Bad input (unknown names, bad ``--set`` values, missing CUDA) prints one line naming the valid
 choices and exits with code 2. ``run`` exits 0 when the run completed, 1 when it failed (NaN/inf)
@@ -924,6 +924,48 @@ def results(
     _console().print(table)
     if csv is not None:
         typer.echo(f"wrote {csv}")
+
+
+@app.command(
+    epilog="Examples:\n\n  pwm-bench render results/runs/hopper/shac/<run-id>\n\n"
+    "  pwm-bench render results/runs/hopper/pwm/<run-id> --checkpoint latest --episodes 3 --max-steps 1000"
+)
+def render(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    checkpoint: Annotated[str, typer.Option(help="best | latest.")] = "best",
+    episodes: Annotated[int, typer.Option(help="Episodes, from reset seeds SEED, SEED+1, ...")] = 1,
+    seed: Annotated[int, typer.Option(help="Reset seed of the first episode.")] = 0,
+    max_steps: Annotated[int, typer.Option(help="Control steps per episode at most (60 a second).")] = 300,
+    width: Annotated[int, typer.Option(help="Frame width [px].")] = 640,
+    height: Annotated[int, typer.Option(help="Frame height [px].")] = 360,
+) -> None:
+    """Render deterministic episodes of a run's policy to MP4 and GIF in RUN_DIR/videos (no display needed)."""
+    from pwm_bench.render import render_run
+
+    _setup_logging(False)
+    if checkpoint not in ("best", "latest"):
+        raise _fail(f"--checkpoint must be best or latest, got {checkpoint!r}")
+    if not (0 < episodes <= 100 and 0 < max_steps <= 100_000 and 16 <= width <= 4096 and 16 <= height <= 4096):
+        raise _fail("--episodes must be in [1, 100], --max-steps in [1, 100000], --width and --height in [16, 4096]")
+    if not 0 <= seed < 2**31:
+        raise _fail(f"--seed must be in [0, 2^31 - 1], got {seed}")
+    try:
+        result = render_run(
+            run_dir,
+            checkpoint=checkpoint,  # type: ignore[arg-type]
+            episodes=episodes,
+            seed=seed,
+            max_steps=max_steps,
+            width=width,
+            height=height,
+        )
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
+    for k, ep in enumerate(result):
+        typer.echo(
+            f"episode {k} (seed {seed + k}): return {ep.episode_return:.1f} over {ep.length} steps -> "
+            + ", ".join(str(f) for f in ep.files)
+        )
 
 
 @app.command(epilog="Example:\n\n  pwm-bench show results/runs/gym-Pendulum-v1/ppo/20261121-101500-s0-ab12")
