@@ -29,7 +29,7 @@ def test_a_notebook_trains_ppo_on_pendulum_and_loads_the_policy_back(out: Path) 
     env.close()
 
 
-@pytest.mark.parametrize("algo", ["sac", "shac", "tdmpc2", "pwm"])
+@pytest.mark.parametrize("algo", ["sac", "shac", pytest.param("tdmpc2", marks=pytest.mark.slow), "pwm"])
 def test_every_builtin_algorithm_loads_its_stored_policy(out: Path, algo: str) -> None:
     result = pwm_bench.train(algo, "pointmass", preset="smoke", out=out, threads=1)
     assert result.status == "completed"

@@ -50,3 +50,6 @@ def test_cli_profile_prints_the_stage_tables_and_json() -> None:
     code, stdout, err = inproc("bench-env", "--env", "hopper", "--num-envs", "2", "--steps", "2", "--profile")
     assert code == 0, err
     assert "ms per control step" in stdout and "contact" in stdout
+    code, stdout, err = inproc("bench-env", "--env", "hopper", "--num-envs", "2", "--steps", "2", "--profile")
+    assert code == 0, err
+    assert "ms per control step" in stdout and "contact" in stdout
