@@ -1,5 +1,5 @@
 """The ``pwm-bench`` command line: run, compare, sweep, plot, collect, datasets, pretrain-wm, wm-check,
-list, results, show, render, bench-env, bench-wm.
+list, results, show, render, view, bench-env, bench-wm.
 
 Bad input (unknown names, bad ``--set`` values, missing CUDA) prints one line naming the valid
 choices and exits with code 2. ``run`` exits 0 when the run completed, 1 when it failed (NaN/inf)
@@ -966,6 +966,36 @@ def render(
             f"episode {k} (seed {seed + k}): return {ep.episode_return:.1f} over {ep.length} steps -> "
             + ", ".join(str(f) for f in ep.files)
         )
+
+
+@app.command(
+    epilog="Examples:\n\n  pwm-bench view results/runs/hopper/shac/<run-id>   # then open http://127.0.0.1:8080\n\n"
+    "  pwm-bench view results/runs/ant/pwm/<run-id> --port 8090 --checkpoint latest"
+)
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    checkpoint: Annotated[str, typer.Option(help="best | latest.")] = "best",
+    host: Annotated[str, typer.Option(help="Address to serve on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the page.")] = 8080,
+    seed: Annotated[int, typer.Option(help="Reset seed of the first episode.")] = 0,
+    episodes: Annotated[int | None, typer.Option(help="Stop after this many episodes [default: until Ctrl-C].")] = None,
+) -> None:
+    """A live 3D view of a run's policy in a web browser (Warp envs; Ctrl-C stops)."""
+    from pwm_bench.view import view_run
+
+    _setup_logging(False)
+    if checkpoint not in ("best", "latest"):
+        raise _fail(f"--checkpoint must be best or latest, got {checkpoint!r}")
+    if not 0 < port < 65536:
+        raise _fail(f"--port must be in [1, 65535], got {port}")
+    if episodes is not None and not 0 < episodes <= 100_000:
+        raise _fail(f"--episodes must be in [1, 100000], got {episodes}")
+    if not 0 <= seed < 2**31:
+        raise _fail(f"--seed must be in [0, 2^31 - 1], got {seed}")
+    try:
+        view_run(run_dir, checkpoint=checkpoint, host=host, port=port, seed=seed, episodes=episodes)  # type: ignore[arg-type]
+    except UsageError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command(epilog="Example:\n\n  pwm-bench show results/runs/gym-Pendulum-v1/ppo/20261121-101500-s0-ab12")

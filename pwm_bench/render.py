@@ -80,11 +80,7 @@ class WarpRenderer:
             self.viewer = newton.viewer.ViewerGL(width=width, height=height, headless=True)
         self.env, self.wp = env, wp
         sim = env.sim
-        builder = newton.ModelBuilder(up_axis=newton.Axis.Z, gravity=(0.0, 0.0, -9.81))
-        builder.add_builder(sim.built.builder)
-        if env.has_ground:
-            builder.add_ground_plane()
-        self.model = builder.finalize(device="cpu")
+        self.model = picture_model(env)
         self.state = self.model.state(requires_grad=False)
         self.viewer.set_model(self.model)
         self.viewer.show_ui = False
@@ -98,11 +94,9 @@ class WarpRenderer:
     def frame(self, q: torch.Tensor, activation: torch.Tensor | None = None) -> np.ndarray:
         """The picture ``(H, W, 3)`` uint8 of world 0 at joint coordinates ``q (N, nq)``; ``activation``
         ``(N, A)`` colours the muscles of a muscle-driven env."""
-        import newton
 
         wp = self.wp
-        self.state.joint_q.assign(q[0].detach().cpu().numpy().astype(np.float32))
-        newton.eval_fk(self.model, self.state.joint_q, self.state.joint_qd, self.state)
+        pose(self.model, self.state, q)
         centre = self.state.body_q.numpy()[:, :3].mean(axis=0)  # follow the bodies' mean position
         # looking along yaw (90°: along +y, from the side), slightly from above
         yaw = np.deg2rad(self.yaw)
@@ -136,6 +130,26 @@ class WarpRenderer:
 
     def close(self) -> None:
         self.viewer.close()
+
+
+def picture_model(env: Any) -> Any:
+    """A one-world Newton model of a Warp env's robot (its shapes) on a ground plane, for viewers;
+    pose it with :func:`pose` from the env's joint coordinates."""
+    import newton
+
+    builder = newton.ModelBuilder(up_axis=newton.Axis.Z, gravity=(0.0, 0.0, -9.81))
+    builder.add_builder(env.sim.built.builder)
+    if env.has_ground:
+        builder.add_ground_plane()
+    return builder.finalize(device="cpu")
+
+
+def pose(model: Any, state: Any, q: torch.Tensor) -> None:
+    """Set ``state``'s bodies from world 0 of the joint coordinates ``q (N, nq)`` (forward kinematics)."""
+    import newton
+
+    state.joint_q.assign(q[0].detach().cpu().numpy().astype(np.float32))
+    newton.eval_fk(model, state.joint_q, state.joint_qd, state)
 
 
 def muscle_segments(muscles: Any, body_q: np.ndarray, activation: np.ndarray) -> tuple[np.ndarray, ...]:
