@@ -68,7 +68,8 @@ class WarpRenderer:
 
     Args:
         env: a :class:`~pwm_bench.envs.locomotion.WarpArticulationEnv` (any number of worlds).
-        width, height: image size [px].
+        width: image width [px].
+        height: image height [px].
         distance: camera distance from the root body [m] (default: from the robot's size).
     """
 

@@ -428,7 +428,7 @@ def test_ray_launcher_gives_the_same_table_as_the_local_one(tmp_path: Path) -> N
 def test_the_readme_example_algorithm_joins_a_sweep_and_gets_its_rows(
     out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README's uniform-random example is the file of examples/random_algo (no drift), and a
+    """The docs' uniform-random example is the file of examples/random_algo (no drift), and a
     registered algorithm runs beside a baseline on the same seeds and shows up in the table."""
     import importlib.util
 
@@ -437,8 +437,8 @@ def test_the_readme_example_algorithm_joins_a_sweep_and_gets_its_rows(
     from .conftest import REPO
 
     source = REPO / "examples" / "random_algo" / "my_algos" / "random_policy.py"
-    readme = (REPO / "README.md").read_text()
-    block = readme[readme.index("## Add your algorithm") :].split("```python\n", 1)[1].split("```", 1)[0]
+    page = (REPO / "docs" / "add-algorithm.md").read_text()
+    block = page.split("```python\n", 1)[1].split("```", 1)[0]
     assert block == source.read_text()
     spec = importlib.util.spec_from_file_location("random_policy_example", source)
     assert spec is not None and spec.loader is not None

@@ -26,9 +26,8 @@ def test_builtin_lookup_and_suggestions() -> None:
 
 
 def _readme_plugin() -> tuple[str, str]:
-    """The 'Add your algorithm' example of the README: (module source, entry-point line)."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Add your algorithm", 1)[1]
+    """The example of docs/add-algorithm.md: (module source, entry-point line)."""
+    section = (REPO / "docs" / "add-algorithm.md").read_text()
     module = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     toml = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
     ep_line = next(line for line in toml.splitlines() if "=" in line and ":" in line)
@@ -36,7 +35,7 @@ def _readme_plugin() -> tuple[str, str]:
 
 
 def _install_plugin(root: Path) -> str:
-    """Lay out the README example as an installed distribution under ``root``; return its name."""
+    """Lay out the docs' example as an installed distribution under ``root``; return its name."""
     module, ep_line = _readme_plugin()
     name, target = (s.strip().strip('"') for s in ep_line.split("=", 1))
     root.mkdir(parents=True, exist_ok=True)
