@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,6 +48,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _env_and_actions(
+    name: str, num_envs: int, device: str, differentiable: bool, seed: int, overrides: dict[str, Any]
+) -> tuple[Any, Callable[[], torch.Tensor]]:
+    """The env, reset with ``seed``, and a source of seeded uniform random actions ``(num_envs, A)``."""
+    from pwm_bench.envs import make_env
+
+    env = make_env(name, num_envs, device, differentiable=differentiable, **overrides)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def actions() -> torch.Tensor:
+        return (torch.rand(num_envs, env.act_dim, generator=gen) * 2 - 1).to(env.device)
+
+    env.reset(seed=seed)
+    return env, actions
+
+
+def _window(
+    env: Any, actions: Callable[[], torch.Tensor], window: int, before_backward: Callable[[], None] | None = None
+) -> None:
+    """One differentiable window: ``window`` recorded steps, then the backward pass of their summed reward."""
+    env.detach()
+    acts = torch.stack([actions() for _ in range(window)]).requires_grad_(True)
+    total = torch.zeros((), device=env.device)
+    for t in range(window):
+        _, reward, *_ = env.step(acts[t])
+        total = total + reward.sum()
+    if before_backward is not None:
+        before_backward()
+    total.backward()
+
+
 def bench_env(
     name: str,
     num_envs: int,
@@ -72,16 +104,8 @@ def bench_env(
         seed: reset seed.
         **overrides: env config fields.
     """
-    from pwm_bench.envs import make_env
-
-    env = make_env(name, num_envs, device, differentiable=differentiable, **overrides)
+    env, actions = _env_and_actions(name, num_envs, device, differentiable, seed, overrides)
     dev = env.device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-
-    def actions() -> torch.Tensor:
-        return (torch.rand(num_envs, env.act_dim, generator=gen) * 2 - 1).to(dev)
-
-    env.reset(seed=seed)
     with torch.no_grad():
         for _ in range(warmup):
             env.step(actions())
@@ -98,21 +122,11 @@ def bench_env(
     fb = None
     if differentiable:
         windows = max(1, steps // window)
-
-        def one_window() -> None:
-            env.detach()
-            acts = torch.stack([actions() for _ in range(window)]).requires_grad_(True)
-            total = torch.zeros((), device=dev)
-            for t in range(window):
-                _, reward, *_ = env.step(acts[t])
-                total = total + reward.sum()
-            total.backward()
-
-        one_window()  # warm-up: adjoint kernels
+        _window(env, actions, window)  # warm-up: adjoint kernels
         _sync(dev)
         t0 = time.perf_counter()
         for _ in range(windows):
-            one_window()
+            _window(env, actions, window)
         _sync(dev)
         fb = num_envs * window * windows / (time.perf_counter() - t0)
     env.close()
@@ -269,16 +283,8 @@ def profile_env(
     recorded forward steps, the re-run of each step under a Warp tape in the backward pass, and
     the adjoint kernels. Everything outside kernels is the torch side.
     """
-    from pwm_bench.envs import make_env
-
-    env = make_env(name, num_envs, device, differentiable=differentiable, **overrides)
+    env, actions = _env_and_actions(name, num_envs, device, differentiable, seed, overrides)
     dev = env.device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-
-    def actions() -> torch.Tensor:
-        return (torch.rand(num_envs, env.act_dim, generator=gen) * 2 - 1).to(dev)
-
-    env.reset(seed=seed)
     with torch.no_grad():
         for _ in range(3):
             env.step(actions())
@@ -291,27 +297,18 @@ def profile_env(
         _sync(dev)
         phases.append(("forward", clock, time.perf_counter() - t0, steps))
     if differentiable:
-
-        def window_pass(clock: _KernelClock | None) -> None:
-            env.detach()
-            acts = torch.stack([actions() for _ in range(window)]).requires_grad_(True)
-            total = torch.zeros((), device=dev)
-            for t in range(window):
-                _, reward, *_ = env.step(acts[t])
-                total = total + reward.sum()
-            if clock is not None:
-                clock.part = "backward"
-            total.backward()
-            if clock is not None:
-                clock.part = "forward"
-
-        window_pass(None)  # warm-up: adjoint kernels
+        _window(env, actions, window)  # warm-up: adjoint kernels
         windows = max(1, steps // window)
         with _KernelClock(dev) as clock:
+
+            def backward_part() -> None:
+                clock.part = "backward"
+
             _sync(dev)
             t0 = time.perf_counter()
             for _ in range(windows):
-                window_pass(clock)
+                clock.part = "forward"
+                _window(env, actions, window, backward_part)
             _sync(dev)
             phases.append(("forward+backward", clock, time.perf_counter() - t0, windows * window))
     env.close()

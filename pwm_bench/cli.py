@@ -926,6 +926,14 @@ def results(
         typer.echo(f"wrote {csv}")
 
 
+def _check_checkpoint_and_seed(checkpoint: str, seed: int) -> None:
+    """The ``--checkpoint`` and ``--seed`` of ``render`` and ``view`` (a one-line error otherwise)."""
+    if checkpoint not in ("best", "latest"):
+        raise _fail(f"--checkpoint must be best or latest, got {checkpoint!r}")
+    if not 0 <= seed < 2**31:
+        raise _fail(f"--seed must be in [0, 2^31 - 1], got {seed}")
+
+
 @app.command(
     epilog="Examples:\n\n  pwm-bench render results/runs/hopper/shac/<run-id>\n\n"
     "  pwm-bench render results/runs/hopper/pwm/<run-id> --checkpoint latest --episodes 3 --max-steps 1000"
@@ -943,12 +951,9 @@ def render(
     from pwm_bench.render import render_run
 
     _setup_logging(False)
-    if checkpoint not in ("best", "latest"):
-        raise _fail(f"--checkpoint must be best or latest, got {checkpoint!r}")
+    _check_checkpoint_and_seed(checkpoint, seed)
     if not (0 < episodes <= 100 and 0 < max_steps <= 100_000 and 16 <= width <= 4096 and 16 <= height <= 4096):
         raise _fail("--episodes must be in [1, 100], --max-steps in [1, 100000], --width and --height in [16, 4096]")
-    if not 0 <= seed < 2**31:
-        raise _fail(f"--seed must be in [0, 2^31 - 1], got {seed}")
     try:
         result = render_run(
             run_dir,
@@ -984,14 +989,11 @@ def view(
     from pwm_bench.view import view_run
 
     _setup_logging(False)
-    if checkpoint not in ("best", "latest"):
-        raise _fail(f"--checkpoint must be best or latest, got {checkpoint!r}")
+    _check_checkpoint_and_seed(checkpoint, seed)
     if not 0 < port < 65536:
         raise _fail(f"--port must be in [1, 65535], got {port}")
     if episodes is not None and not 0 < episodes <= 100_000:
         raise _fail(f"--episodes must be in [1, 100000], got {episodes}")
-    if not 0 <= seed < 2**31:
-        raise _fail(f"--seed must be in [0, 2^31 - 1], got {seed}")
     try:
         view_run(run_dir, checkpoint=checkpoint, host=host, port=port, seed=seed, episodes=episodes)  # type: ignore[arg-type]
     except UsageError as exc:
