@@ -226,6 +226,41 @@ def test_online_imagination_closes_the_segment_at_a_real_termination_and_restart
     assert targets[k, 0].item() == pytest.approx(1.0)
 
 
+class _RecordingEnv(_ScriptedEnv):
+    """The scripted worlds (no termination within the test) that keep the actions they receive."""
+
+    def __init__(self) -> None:
+        super().__init__(end_at=10_000)
+        self.received: list[torch.Tensor] = []
+
+    def step(self, actions: torch.Tensor) -> Any:
+        self.received.append(actions.clone())
+        return super().step(actions)
+
+
+@pytest.mark.parametrize("real_actions", ["imagined", "closed_loop"])
+def test_real_worlds_execute_the_imagined_or_the_closed_loop_actions(real_actions: str) -> None:
+    """The model's latent runs 5 ahead of the real observation; the real worlds get the actor's actions
+    on the imagined latent (the reference) or on their own observation (closed loop)."""
+    torch.manual_seed(0)
+    actor = LatentActor(1, 1, (8,), init_log_std=-30.0)  # σ ≈ 0: the actions are tanh(μ(input))
+    critics = CriticEnsemble(1, (4,), 3).requires_grad_(False)
+    env, h = _RecordingEnv(), 4
+    obs = torch.zeros(2, 1)
+    window, _ = imagine(
+        _CountingModel(), actor, critics, obs + 5.0, _cfg(horizon=h, real_actions=real_actions), env=env, obs=obs
+    )  # type: ignore[arg-type]
+    with torch.no_grad():
+        for t in range(h):
+            on_real = torch.tanh(actor.mu(torch.full((2, 1), float(t))))
+            on_imagined = torch.tanh(actor.mu(torch.full((2, 1), 5.0 + t)))
+            expected = on_real if real_actions == "closed_loop" else on_imagined
+            assert torch.allclose(env.received[t], expected, atol=1e-6)
+            assert not torch.allclose(on_real, on_imagined, atol=1e-3)
+            # the window (the actor's update and statistics) keeps the imagined actions either way
+            assert torch.allclose(window.actions[t], on_imagined, atol=1e-6)
+
+
 @pytest.mark.parametrize(("flag", "power"), [("gamma_h", 4), ("gamma_h_plus_1", 5)])
 def test_terminal_discount_flag(flag: str, power: int) -> None:
     """Zero rewards and a constant value c: the loss is -γ^H c (correct) or -γ^(H+1) c (reference)."""

@@ -79,6 +79,12 @@ class PWMConfig(TrainConfig):
     """Online: 'model' imagines through the world model (PWM); 'simulator' rolls the same actor and
     critics through the differentiable env instead (a control that separates optimiser error from
     model error; the model's encoder is kept as a fixed feature map and not fine-tuned)."""
+    real_actions: Literal["imagined", "closed_loop"] = neutral("imagined")
+    """Online, model dynamics: what the real worlds execute while the window is imagined.
+    'imagined' (the reference): the actions the actor takes on the imagined latents, so each world
+    runs the policy open loop on the model's prediction of its state for up to ``horizon`` steps.
+    'closed_loop': the actor on the encoding of each world's real observation, with the same
+    exploration noise; the data then come from the policy that is evaluated."""
     grad_check_every: int = 50
     """Online, differentiable envs: every this many epochs, log the model-vs-simulator gradient cosine
     on the policy's own actions from all live worlds (pwm/grad_cosine*; 0: never)."""

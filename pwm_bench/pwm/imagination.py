@@ -73,7 +73,9 @@ def imagine(
     """Roll the model ``cfg.horizon`` steps from ``z0 (N, L)`` with the actor; returns the window and the
     last real observation (online) or None.
 
-    With ``env`` (online), the real worlds step with the same actions; their transitions go to
+    With ``env`` (online), the real worlds step with the same actions (or, with ``cfg.real_actions ==
+    "closed_loop"``, with the actor's actions on their own encoded observations and the same
+    noise); their transitions go to
     ``replay``, finished episodes are recorded on ``run``, and a world whose episode ends closes its
     segment (bootstrap 0 after a termination) and restarts from the encoding of its new observation.
     Model and critic parameters should have ``requires_grad=False`` here; gradients flow through
@@ -104,10 +106,20 @@ def imagine(
     alive = torch.ones(n, device=z0.device)
     term_aware = wm.term_head is not None and not simulator
     symlog_space = cfg.reward_decode == "symlog"
+    closed_loop = env is not None and not simulator and cfg.real_actions == "closed_loop"
     for t in range(h):
-        a = actor(z.detach())
+        noise = None
+        if closed_loop:  # one ε for the imagined and the real action
+            noise = torch.randn(n, actor.log_std.shape[-1], device=z0.device)
+        a = actor(z.detach()) if noise is None else actor(z.detach(), noise=noise)
         if act_mask is not None:
             a = a * act_mask
+        real_a = a.detach()
+        if closed_loop:
+            with torch.no_grad():
+                real_a = actor(wm.encode(obs, task), noise=noise)
+                if act_mask is not None:
+                    real_a = real_a * act_mask
         last = t == h - 1
         done = torch.zeros(n, dtype=torch.bool, device=z0.device)
         if simulator:
@@ -126,12 +138,12 @@ def imagine(
             v_next = critics.min(z_next if value_grad else z_next.detach())
             if env is not None:
                 with torch.no_grad():
-                    next_obs, reward, terminated, truncated, info = env.step(a.detach())
+                    next_obs, reward, terminated, truncated, info = env.step(real_a)
                 done = terminated | truncated
         if env is not None:
             if replay is not None:
                 real_next = torch.where(done.unsqueeze(-1), info["final_obs"], next_obs).detach()
-                replay.add(obs.detach(), a.detach(), reward.detach(), real_next, terminated, done)
+                replay.add(obs.detach(), real_a, reward.detach(), real_next, terminated, done)
             steps += n
             if run is not None:
                 run.add_env_steps(n)

@@ -26,12 +26,13 @@ class LatentActor(nn.Module):
         self.mu = ln_mlp(latent_dim, hidden, act_dim, "mish")
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
 
-    def forward(self, z: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """Actions ``tanh(μ + σ ε)`` ``(..., A)`` for latents ``(..., L)`` (reparameterised)."""
+    def forward(self, z: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions ``tanh(μ + σ ε)`` ``(..., A)`` for latents ``(..., L)`` (reparameterised); ``noise`` is
+        ``ε`` (same shape as the actions) when given, else drawn from the global generator."""
         mu = self.mu(z)
         if deterministic:
             return torch.tanh(mu)
-        return torch.tanh(mu + self.log_std.exp() * torch.randn_like(mu))
+        return torch.tanh(mu + self.log_std.exp() * (torch.randn_like(mu) if noise is None else noise))
 
 
 class CriticEnsemble(nn.Module):
