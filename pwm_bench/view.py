@@ -49,16 +49,16 @@ def view_run(
     from pwm_bench.render import picture_model, pose
     from pwm_bench.store import read_config
 
+    run_dir = Path(run_dir)
+    record = read_config(run_dir)
+    if not record:
+        raise UsageError(f"{run_dir}: not a run folder (no config.yaml)")
     try:
         import viser  # noqa: F401
     except ImportError:
         raise UsageError('pwm-bench view needs viser: pip install -e ".[view]"') from None
     import newton
 
-    run_dir = Path(run_dir)
-    record = read_config(run_dir)
-    if not record:
-        raise UsageError(f"{run_dir}: not a run folder (no config.yaml)")
     env_name = record["env"]
     if env_name.startswith(("gym:", "mt:")):
         raise UsageError(

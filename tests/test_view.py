@@ -17,7 +17,6 @@ import pytest
 from .conftest import run_inprocess
 from .test_reliability import inproc
 
-pytest.importorskip("viser")
 
 
 def _free_port() -> int:
@@ -28,6 +27,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_view_serves_a_page_on_which_chromium_sees_the_robot(out: Path, tmp_path: Path) -> None:
+    pytest.importorskip("viser")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         pytest.skip("needs Chromium (apt-get install chromium)")
