@@ -18,7 +18,6 @@ from .conftest import run_inprocess
 from .test_reliability import inproc
 
 
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
