@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from pwm_bench.config import neutral
 from pwm_bench.envs import robots
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.envs.physics import ArticulatedSim, ContactParams, Robot, quat_rotate
@@ -71,12 +72,19 @@ class WarpEnvConfig:
     """End episodes when the robot falls (hopper, ant; the humanoid always terminates, as in DiffRL)."""
     graph_capture: bool = True
     """Capture the forward control step in a CUDA graph on GPUs (ignored on CPU)."""
+    sim_threads: int = neutral(0)
+    """CPU threads the worlds are split across (ignored on CUDA). 0 picks: torch's thread count (a
+    run's ``--threads``) on the humanoid-class envs, whose kernels are long enough to run side by
+    side, and 1 elsewhere, where the Python side of the kernel launches dominates. Results do not
+    depend on it."""
 
     def validate(self) -> None:
         if self.episode_length <= 0:
             raise UsageError(f"env.episode_length must be positive, got {self.episode_length}")
         if self.substeps <= 0:
             raise UsageError(f"env.substeps must be positive, got {self.substeps}")
+        if self.sim_threads < 0:
+            raise UsageError(f"env.sim_threads must be >= 0 (0: automatic), got {self.sim_threads}")
         for name in ("contact_ke", "contact_kd", "contact_kf", "contact_mu"):
             if getattr(self, name) < 0:
                 raise UsageError(f"env.{name} must be >= 0, got {getattr(self, name)}")
@@ -162,6 +170,8 @@ class WarpArticulationEnv(VecEnv):
     supports_gradients = True
     dt: float = 1.0 / 60.0
     """Control step [s]."""
+    parallel_worlds: bool = False
+    """Whether ``sim_threads=0`` splits the worlds across torch's threads (see :class:`WarpEnvConfig`)."""
 
     def __init__(
         self, name: str, obs_dim: int, num_envs: int, device: Any, differentiable: bool, cfg: WarpEnvConfig
@@ -183,6 +193,7 @@ class WarpArticulationEnv(VecEnv):
             muscles=muscles,
             muscle_gain=gain,
             muscle_bias=bias,
+            threads=cfg.sim_threads or (None if self.parallel_worlds else 1),
         )
         self.sim.graph_capture = cfg.graph_capture
         super().__init__(
@@ -292,6 +303,10 @@ class WarpArticulationEnv(VecEnv):
         self.q = self.q.detach()
         self.qd = self.qd.detach()
         self.last_action = self.last_action.detach()
+
+    def close(self, **kwargs: Any) -> None:
+        self.sim.close()
+        super().close(**kwargs)
 
     def get_state(self) -> dict[str, torch.Tensor]:
         """A detached copy of the full simulator state (for gradient checks and rollouts from a state)."""
@@ -484,6 +499,8 @@ class HumanoidEnv(FloatingBaseEnv):
     ``-200 h²`` if ``h < 0`` else ``10 h``. Terminates (always, as in DiffRL) below 0.74 m.
     """
 
+    parallel_worlds = True
+
     always_terminates = True
     target_x = 200.0
 
@@ -625,6 +642,8 @@ class MuscleHumanoidEnv(FloatingBaseEnv):
     term but does not add it). Terminates when the pelvis is below 0.46 m. Start: the rest pose,
     position ±0.1 m, tilt ±7.5°, velocities ±0.25 (joint angles are not randomised).
     """
+
+    parallel_worlds = True
 
     joint_init_noise = 0.0  # DiffRL does not randomise the SNU humanoid's joint angles
 

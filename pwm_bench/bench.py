@@ -8,6 +8,7 @@ window (forward steps with gradients recorded, then one backward pass through al
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,8 @@ class EnvBenchResult:
         window: control steps per differentiable window.
         muscle_share: for muscle-driven envs, the fraction of a forward control step spent on muscle
             forces, ``1 - t_without / t_with`` from alternating timings; else None.
+        threads: torch's CPU threads during the measurement.
+        sim_threads: CPU threads the Warp sim split its worlds across (1 on CUDA and for non-Warp envs).
     """
 
     env: str
@@ -38,6 +41,8 @@ class EnvBenchResult:
     forward_backward_sps: float | None
     window: int
     muscle_share: float | None = None
+    threads: int = 1
+    sim_threads: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,8 +134,9 @@ def bench_env(
             _window(env, actions, window)
         _sync(dev)
         fb = num_envs * window * windows / (time.perf_counter() - t0)
+    sim_threads = int(getattr(sim, "threads", 1))
     env.close()
-    return EnvBenchResult(name, num_envs, str(dev), fwd, fb, window, share)
+    return EnvBenchResult(name, num_envs, str(dev), fwd, fb, window, share, torch.get_num_threads(), sim_threads)
 
 
 def _muscle_share(env: Any, sim: Any, actions: Any, steps: int, rounds: int = 5) -> float:
@@ -258,11 +264,13 @@ class _KernelClock:
             self.launches[key] = self.launches.get(key, 0) + 1
             return out
 
-        warp.launch = timed
+        # wp.launch_tiled calls the launch of warp's context module, not warp.launch: patch both
+        self._context = sys.modules[self._launch.__module__]
+        warp.launch = self._context.launch = timed
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._warp.launch = self._launch
+        self._warp.launch = self._context.launch = self._launch
 
 
 def profile_env(
@@ -281,8 +289,13 @@ def profile_env(
     The forward phase times ``steps`` steps without gradients. With ``differentiable``, windows of
     ``window`` recorded steps and their backward pass are timed too; that phase is split into the
     recorded forward steps, the re-run of each step under a Warp tape in the backward pass, and
-    the adjoint kernels. Everything outside kernels is the torch side.
+    the adjoint kernels. Everything outside kernels is the torch side. A Warp env is profiled with
+    its worlds on one thread (``sim_threads=1``).
     """
+    from pwm_bench.envs import env_spec
+
+    if "sim_threads" in {f.name for f in dataclasses.fields(env_spec(name).config())}:
+        overrides = {**overrides, "sim_threads": 1}  # launches are timed one by one, from one thread
     env, actions = _env_and_actions(name, num_envs, device, differentiable, seed, overrides)
     dev = env.device
     with torch.no_grad():

@@ -1068,6 +1068,10 @@ def bench_env_cmd(
     profile: Annotated[
         bool, typer.Option(help="Also split a step into its stages (each Warp kernel timed), per phase.")
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads for torch and for the humanoid-class Warp envs' worlds [default: torch's]."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Measure an env's control steps per second (summed over worlds), forward and forward+backward."""
@@ -1075,10 +1079,11 @@ def bench_env_cmd(
 
     from pwm_bench.bench import bench_env, profile_env
     from pwm_bench.envs import env_spec
-    from pwm_bench.runner import resolve_device
+    from pwm_bench.runner import resolve_device, set_threads
 
     _setup_logging(sys.stderr.isatty())
     try:
+        set_threads(threads)
         env_spec(env)
         if env.startswith("mt:"):
             raise UsageError(
@@ -1112,7 +1117,10 @@ def bench_env_cmd(
     if json_out:
         typer.echo(json.dumps({**result.as_dict(), **({"profile": prof.as_dict()} if prof else {})}))
         return
-    line = f"{env} x{num_envs} on {result.device}: forward {result.forward_sps:,.0f} steps/s"
+    line = f"{env} x{num_envs} on {result.device}"
+    if result.device == "cpu":
+        line += f" ({result.threads} torch threads, worlds on {result.sim_threads})"
+    line += f": forward {result.forward_sps:,.0f} steps/s"
     if result.forward_backward_sps is not None:
         ratio = result.forward_backward_sps / result.forward_sps
         line += f"; forward+backward {result.forward_backward_sps:,.0f} steps/s ({ratio:.2f} of forward)"

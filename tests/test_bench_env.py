@@ -40,6 +40,10 @@ def test_profile_splits_forward_and_backward_into_stages_that_add_up() -> None:
     for part in ("forward", "backward re-run", "adjoint"):
         (contact,) = (r for r in fb if r.part == part and r.stage == "contact")
         assert contact.launches_per_step == 16
+    # the mass matrix once per control step: Jacobian, body inertias, and the tiled H = J^T M J with
+    # its Cholesky factor (launched through wp.launch_tiled, which the kernel clock also catches)
+    (mass,) = (r for r in fb if r.part == "forward" and r.stage == "mass matrix and factorisation")
+    assert mass.launches_per_step == 3
 
 
 def test_cli_profile_prints_the_stage_tables_and_json() -> None:

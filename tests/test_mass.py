@@ -191,6 +191,6 @@ def test_snu_humanoid_hill_law_takes_lm_and_lt_from_the_files() -> None:
     from pwm_bench.envs import make_env
 
     env = make_env("snu_humanoid", 1, mass_dir=str(MASS_DIR), muscle_model="hill")
-    hill = env.sim._muscles.muscles.hill
+    hill = env.sim._blocks[0]._muscles.muscles.hill
     assert set(np.round(hill.fibre_optimal, 6)) == {1.0, 1.2} and set(np.round(hill.tendon_slack, 6)) == {0.2}
     assert np.allclose(hill.rest_length, env.model.rest_lengths()) and hill.rest_length.min() > 0.03

@@ -47,7 +47,7 @@ def _momentum(sim: ArticulatedSim, q: torch.Tensor, qd: torch.Tensor) -> torch.T
     import newton
     import warp as wp
 
-    s = sim._fwd[0]
+    s = sim._blocks[0]._fwd[0]
     wp.to_torch(s.joint_q).copy_(q.reshape(-1))
     wp.to_torch(s.joint_qd).copy_(qd.reshape(-1))
     newton.eval_fk(sim.model, s.joint_q, s.joint_qd, s)
