@@ -23,8 +23,10 @@ change the dynamics, on top of :class:`newton.solvers.SolverFeatherstone`:
 Gradients. Featherstone keeps its mass matrix, Jacobian and Cholesky factor in solver-owned buffers
 that each rebuild overwrites, so a Warp tape is only valid over one rebuild, i.e. one control step.
 :class:`StepFunction` therefore runs the forward pass without a tape and, in the backward pass,
-re-runs the control step from its saved input under a fresh tape (gradient checkpointing per
-control step, as rewarped does), back-propagates, and hands the gradients to torch. Two arrays are
+re-runs the control step from its saved input on buffers of its own (gradient checkpointing per
+control step, as rewarped does), back-propagates, and hands the gradients to torch. The first
+re-run is recorded on a Warp tape; later ones launch the same kernels on the same arrays, so they
+run without recording and reuse that tape. Two arrays are
 written twice inside the taped step (``body_q`` of each intermediate state, by the end-of-substep
 forward kinematics and again by the next substep's), which would count the gradient through them
 twice; the contact kernel therefore reads its own forward-kinematics copy and a tape callback clears
@@ -626,6 +628,7 @@ class _WorldBlock:
         self.graph_capture = False
         self._graph: Any = None
         self._holds_tile_lock = False
+        self._tapes: dict[bool, Any] = {}  # by self._muscles_on: the recorded control step
 
     def contact_distances(self, q: torch.Tensor) -> torch.Tensor:
         """Signed ground distance ``z - r`` of every contact point, ``(N, P)`` [m], at ``q`` ``(N, nq)``."""
@@ -757,39 +760,59 @@ class _WorldBlock:
         self._bwd_control = self.model.control(requires_grad=True)
         self._bwd_act = wp.zeros((self.num_envs, self.act_dim), dtype=float, device=self.wp_device, requires_grad=True)
 
-    def record(self, q: torch.Tensor, qd: torch.Tensor, act: torch.Tensor) -> Any:
-        """Re-run the control step at input ``(q, qd, act)`` under a new Warp tape and return the tape.
-
-        Warp keeps the recording tape in a process-wide variable, so blocks record one at a time.
-        """
-        wp = _warp()
+    def _control_step(self, tape: Any) -> None:
+        """The control step on the backward buffers (state 0 in, state ``substeps`` out), recording
+        the tape's callbacks when ``tape`` is the one being recorded."""
         import newton
 
+        s = self._bwd
+        assert s is not None
+        self._launch_actions(self._bwd_act, self._bwd_control.joint_f)
+        self.solver._step = 0
+        newton.eval_fk(self.model, s[0].joint_q, s[0].joint_qd, s[0])
+        sub_dt = self.dt / self.substeps
+        for i in range(self.substeps):
+            s_in, s_out = s[i], s[i + 1]
+            s_in.body_f.zero_()
+            self._launch_contact(s_in.body_q, s_in.body_qd, s_in.body_f)
+            self._launch_internal(s_in.body_q, s_in.body_qd, s_in.body_f, self._bwd_act)
+            locked = tape is not None and i == 0 and self.parallel
+            if locked:  # the adjoints run in reverse: the lock is taken after the step's, released before
+                tape.record_func(backward=self._release_tile_lock, arrays=[])
+            self._solver_step(i, s_in, s_out, self._bwd_control, sub_dt)
+            if tape is not None:
+                self._restore_external_forces(tape, s_in, s_out)
+            if locked:
+                tape.record_func(backward=self._acquire_tile_lock, arrays=[])
+
+    @property
+    def needs_recording(self) -> bool:
+        """Whether the next :meth:`rerun` records a tape (Warp's recording tape is process-wide, so
+        blocks record one at a time)."""
+        return self._muscles_on not in self._tapes
+
+    def rerun(self, q: torch.Tensor, qd: torch.Tensor, act: torch.Tensor) -> None:
+        """Re-run the control step at input ``(q, qd, act)`` on the backward buffers.
+
+        The first re-run records a Warp tape, which later ones reuse instead of recording anew: every
+        re-run launches the same kernels on the same arrays (the buffers are the block's own and
+        nothing is allocated per step), so the recorded launches stay valid and only the values in
+        the arrays change. A tape is kept per muscle switch (:meth:`ArticulatedSim.muscles_disabled`).
+        """
+        wp = _warp()
         self._ensure_backward_buffers()
         s = self._bwd
         assert s is not None
         wp.to_torch(s[0].joint_q).copy_(q.detach().reshape(-1))
         wp.to_torch(s[0].joint_qd).copy_(qd.detach().reshape(-1))
         wp.to_torch(self._bwd_act).copy_(act.detach())
-        sub_dt = self.dt / self.substeps
-        tape = wp.Tape()
-        with tape:
-            self._launch_actions(self._bwd_act, self._bwd_control.joint_f)
-            self.solver._step = 0
-            newton.eval_fk(self.model, s[0].joint_q, s[0].joint_qd, s[0])
-            for i in range(self.substeps):
-                s_in, s_out = s[i], s[i + 1]
-                s_in.body_f.zero_()
-                self._launch_contact(s_in.body_q, s_in.body_qd, s_in.body_f)
-                self._launch_internal(s_in.body_q, s_in.body_qd, s_in.body_f, self._bwd_act)
-                locked = i == 0 and self.parallel
-                if locked:  # the adjoints run in reverse: the lock is taken after the step's, released before
-                    tape.record_func(backward=self._release_tile_lock, arrays=[])
-                self._solver_step(i, s_in, s_out, self._bwd_control, sub_dt)
-                self._restore_external_forces(tape, s_in, s_out)
-                if locked:
-                    tape.record_func(backward=self._acquire_tile_lock, arrays=[])
-        return tape
+        if self.needs_recording:
+            tape = wp.Tape()
+            with tape:
+                self._control_step(tape)
+            self._tapes[self._muscles_on] = tape
+        else:
+            self._control_step(None)
 
     def _acquire_tile_lock(self) -> None:
         _TILE_LOCK.acquire()
@@ -800,15 +823,16 @@ class _WorldBlock:
         _TILE_LOCK.release()
 
     def adjoint(
-        self, tape: Any, grad_q_out: torch.Tensor, grad_qd_out: torch.Tensor
+        self, grad_q_out: torch.Tensor, grad_qd_out: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run ``tape`` (from :meth:`record`) backward from the output gradients ``(N, nq)``, ``(N, nqd)``.
+        """Back-propagate the last :meth:`rerun` from the output gradients ``(N, nq)``, ``(N, nqd)``.
 
-        Returns the gradients with respect to the recorded step's ``q``, ``qd`` and ``act``.
+        Returns the gradients with respect to its ``q``, ``qd`` and ``act``.
         """
         wp = _warp()
         s = self._bwd
         assert s is not None
+        tape = self._tapes[self._muscles_on]
         out = s[self.substeps]
         wp.to_torch(out.joint_q.grad).copy_(grad_q_out.reshape(-1))
         wp.to_torch(out.joint_qd.grad).copy_(grad_qd_out.reshape(-1))
@@ -821,8 +845,14 @@ class _WorldBlock:
         g_qd = wp.to_torch(s[0].joint_qd.grad).reshape(self.num_envs, self.nqd).clone()
         g_act = wp.to_torch(self._bwd_act.grad).clone()
         tape.zero()
-        tape.reset()
         return g_q, g_qd, g_act
+
+    def backward(
+        self, q: torch.Tensor, qd: torch.Tensor, act: torch.Tensor, grad_q_out: torch.Tensor, grad_qd_out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`rerun` then :meth:`adjoint`."""
+        self.rerun(q, qd, act)
+        return self.adjoint(grad_q_out, grad_qd_out)
 
     @staticmethod
     def _restore_external_forces(tape: Any, s_in: Any, s_out: Any) -> None:
@@ -854,8 +884,8 @@ class ArticulatedSim:
     CPU the worlds are therefore split into :func:`block_count` blocks (``threads``, default torch's
     thread count, at least :data:`MIN_WORLDS_PER_THREAD` worlds each), each a Newton model of its
     own, stepped side by side by a thread pool. Worlds do not interact, so the results are the same
-    for any split, bit for bit. The taped re-runs of the backward pass run one block after another
-    (Warp's recording tape is process-wide); their adjoints run side by side.
+    for any split, bit for bit. The backward pass's re-runs and adjoints run side by side too, once
+    each block has recorded its tape (one block after another: Warp's recording tape is process-wide).
     """
 
     def __init__(
@@ -961,7 +991,12 @@ class ArticulatedSim:
             out = [fn(*span) for span in spans]
             self._warm.add(what)
             return out
-        futures = [self._pool.submit(fn, *span) for span in spans[1:]]
+
+        def in_worker(*span: Any) -> Any:
+            with torch.no_grad():  # grad mode is per thread; the blocks' tensor work never needs a graph
+                return fn(*span)
+
+        futures = [self._pool.submit(in_worker, *span) for span in spans[1:]]
         try:
             first = fn(*spans[0])
         finally:
@@ -985,16 +1020,20 @@ class ArticulatedSim:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vector-Jacobian product of one control step at input ``(q, qd, act)``.
 
-        Re-runs the step under a Warp tape and returns the gradients with respect to ``q``, ``qd``
-        and ``act`` given the gradients of the outputs.
+        Re-runs the step (recorded on a Warp tape the first time) and returns the gradients with
+        respect to ``q``, ``qd`` and ``act`` given the gradients of the outputs.
         """
-        tapes = [b.record(q[lo:hi], qd[lo:hi], act[lo:hi]) for b, lo, hi in self._spans()]
         if len(self._blocks) == 1:
-            return self._blocks[0].adjoint(tapes[0], grad_q_out, grad_qd_out)
-        index = {id(b): i for i, b in enumerate(self._blocks)}
-        out = self._each(
-            "adjoint", lambda b, lo, hi: b.adjoint(tapes[index[id(b)]], grad_q_out[lo:hi], grad_qd_out[lo:hi])
-        )
+            return self._blocks[0].backward(q, qd, act, grad_q_out, grad_qd_out)
+        if any(b.needs_recording for b in self._blocks):
+            for b, lo, hi in self._spans():  # one by one: Warp's recording tape is process-wide
+                b.rerun(q[lo:hi], qd[lo:hi], act[lo:hi])
+            out = self._each("adjoint", lambda b, lo, hi: b.adjoint(grad_q_out[lo:hi], grad_qd_out[lo:hi]))
+        else:
+            out = self._each(
+                "backward",
+                lambda b, lo, hi: b.backward(q[lo:hi], qd[lo:hi], act[lo:hi], grad_q_out[lo:hi], grad_qd_out[lo:hi]),
+            )
         return tuple(torch.cat([o[k] for o in out]) for k in range(3))  # type: ignore[return-value]
 
     @property
