@@ -54,7 +54,8 @@ CPU_BUDGET: dict[str, int] = {
     "snu_humanoid": 131_072,
     "muscle_humanoid": 131_072,
 }
-"""Env-step budgets of the ``cpu`` presets (the differentiable humanoid runs at ~90 steps/s on 2 cores)."""
+"""Env-step budgets of the ``cpu`` presets, set when the differentiable humanoid ran at ~90 steps/s on
+2 cores (64 worlds); the humanoid-class envs have since become faster (docs/performance.md)."""
 MIN_LR = 1e-5
 """Both learning rates decay linearly from their initial value to this over the run."""
 GRAD_LIMIT = 1e6

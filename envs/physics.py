@@ -527,19 +527,24 @@ _TILE_LOCK = threading.Lock()
 their adjoints) across threads: on x86-64 Warp's CPU tile code keeps its shared-memory pointer in a
 process-wide static variable, so two blocks must not run a tile kernel at the same time."""
 
-MIN_WORLDS_PER_THREAD = 8
-"""Worlds below which splitting a sim across another thread costs more than it saves."""
+MIN_WORLDS_PER_THREAD = 128
+"""Worlds per thread below which an automatic split costs more than it saves: on 2 CPU cores, two
+blocks of 32 humanoid worlds stepped 0.54 times as fast forward as one block of 64 (0.93 times with
+gradients); two of 128 stepped 1.55 times as fast with gradients (docs/performance.md)."""
 
 
 def block_count(threads: int | None, num_envs: int, device: torch.device) -> int:
     """Number of world blocks (one CPU thread each) for ``num_envs`` worlds on ``device``.
 
-    ``threads`` None means torch's thread count (``--threads`` of a run). CUDA sims are one block.
+    ``threads`` None picks torch's thread count (a run's ``--threads``) with at least
+    :data:`MIN_WORLDS_PER_THREAD` worlds per block; a number is taken as given (at most one block
+    per world). CUDA sims are one block.
     """
     if device.type != "cpu":
         return 1
-    wanted = torch.get_num_threads() if threads is None else threads
-    return max(1, min(wanted, num_envs // MIN_WORLDS_PER_THREAD))
+    if threads is None:
+        return max(1, min(torch.get_num_threads(), num_envs // MIN_WORLDS_PER_THREAD))
+    return max(1, min(threads, num_envs))
 
 
 class _WorldBlock:
@@ -881,7 +886,7 @@ class ArticulatedSim:
     requires grad.
 
     Threads. Warp runs a CPU kernel on one thread, and releases Python's GIL while it runs. On the
-    CPU the worlds are therefore split into :func:`block_count` blocks (``threads``, default torch's
+    CPU the worlds are therefore split into :func:`block_count` blocks (``threads``; None: torch's
     thread count, at least :data:`MIN_WORLDS_PER_THREAD` worlds each), each a Newton model of its
     own, stepped side by side by a thread pool. Worlds do not interact, so the results are the same
     for any split, bit for bit. The backward pass's re-runs and adjoints run side by side too, once

@@ -78,10 +78,11 @@ def test_sim_threads_default_and_validation() -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert make_env("humanoid", 16, "cpu").sim.threads == 2  # humanoid-class: torch's threads
-        assert make_env("humanoid", 8, "cpu").sim.threads == 1  # too few worlds to split
-        assert make_env("hopper", 64, "cpu").sim.threads == 1  # launch-bound: one thread
-        assert make_env("hopper", 64, "cpu", sim_threads=2).sim.threads == 2
+        assert make_env("muscle_humanoid", 256, "cpu").sim.threads == 2  # humanoid-class: torch's threads
+        assert make_env("muscle_humanoid", 255, "cpu").sim.threads == 1  # under 128 worlds per thread
+        assert make_env("hopper", 256, "cpu").sim.threads == 1  # launch-bound: one thread
+        assert make_env("hopper", 16, "cpu", sim_threads=2).sim.threads == 2  # asked for: as given
+        assert make_env("hopper", 1, "cpu", sim_threads=2).sim.threads == 1  # at most one block per world
     finally:
         torch.set_num_threads(before)
     with pytest.raises(UsageError, match="sim_threads"):
