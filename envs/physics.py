@@ -1072,7 +1072,7 @@ class ArticulatedSim:
 
 
 class StepFunction(torch.autograd.Function):
-    """torch autograd node of one control step; the backward pass re-runs the step under a tape."""
+    """torch autograd node of one control step; the backward pass re-runs the step and runs its tape backward."""
 
     @staticmethod
     def forward(ctx: Any, sim: ArticulatedSim, q: torch.Tensor, qd: torch.Tensor, act: torch.Tensor) -> Any:

@@ -202,7 +202,7 @@ class StageShare:
         phase: ``"forward"`` (a step without gradients) or ``"forward+backward"`` (a step of a
             differentiable window and its share of the backward pass).
         part: within forward+backward: ``"forward"`` (the recorded step), ``"backward re-run"`` (the
-            step re-run under a tape) or ``"adjoint"`` (the adjoint kernels); else ``"forward"``.
+            step re-run for its tape) or ``"adjoint"`` (the adjoint kernels); else ``"forward"``.
         stage: a name of :data:`STAGES`, ``"other kernels"`` or :data:`TORCH_SIDE`.
         ms_per_step: milliseconds per control step of all worlds.
         share: fraction of the phase's time.
@@ -288,7 +288,7 @@ def profile_env(
 
     The forward phase times ``steps`` steps without gradients. With ``differentiable``, windows of
     ``window`` recorded steps and their backward pass are timed too; that phase is split into the
-    recorded forward steps, the re-run of each step under a Warp tape in the backward pass, and
+    recorded forward steps, the re-run of each step in the backward pass, and
     the adjoint kernels. Everything outside kernels is the torch side. A Warp env is profiled with
     its worlds on one thread (``sim_threads=1``).
     """
