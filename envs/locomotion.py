@@ -71,7 +71,8 @@ class WarpEnvConfig:
     early_termination: bool = True
     """End episodes when the robot falls (hopper, ant; the humanoid always terminates, as in DiffRL)."""
     graph_capture: bool = True
-    """Capture the forward control step in a CUDA graph on GPUs (ignored on CPU)."""
+    """Capture the forward control step once in a Warp graph and replay it: a CUDA graph on GPUs,
+    Warp's CPU graph on the CPU (no Python per kernel launch). Results are the same bit for bit."""
     sim_threads: int = neutral(0)
     """CPU threads the worlds are split across (ignored on CUDA). 0 picks: on the humanoid-class
     envs, whose kernels are long enough to run side by side, torch's thread count (a run's

@@ -632,6 +632,7 @@ class _WorldBlock:
         self._fwd_act = wp.zeros((num_envs, self.act_dim), dtype=float, device=dev)
         self.graph_capture = False
         self._graph: Any = None
+        self._stepped = False  # a forward step has run (every kernel module is loaded)
         self._holds_tile_lock = False
         self._tapes: dict[bool, Any] = {}  # by self._muscles_on: the recorded control step
 
@@ -721,37 +722,62 @@ class _WorldBlock:
         else:
             self.solver.step(s_in, s_out, control, None, sub_dt)
 
-    def _substeps_forward(self) -> None:
-        """The control step on the forward (untaped) buffers: state 0 in, state ``substeps % 2`` out."""
+    def _fwd_substeps(self, lo: int, hi: int) -> None:
+        """Substeps ``lo .. hi-1`` of a control step on the forward (untaped) buffers: state 0 in,
+        state ``substeps % 2`` out; substep 0 also runs forward kinematics and scatters the actions."""
         import newton
 
         s = self._fwd
-        newton.eval_fk(self.model, s[0].joint_q, s[0].joint_qd, s[0])
-        self._launch_actions(self._fwd_act, self._fwd_control.joint_f)
-        self.solver._step = 0  # rebuild the mass matrix at the first substep of every control step
+        if lo == 0:
+            newton.eval_fk(self.model, s[0].joint_q, s[0].joint_qd, s[0])
+            self._launch_actions(self._fwd_act, self._fwd_control.joint_f)
+        self.solver._step = lo  # the mass matrix is rebuilt at substep 0 of every control step only
         sub_dt = self.dt / self.substeps
-        for i in range(self.substeps):
+        for i in range(lo, hi):
             s_in, s_out = s[i % 2], s[(i + 1) % 2]
             s_in.body_f.zero_()
             self._launch_contact(s_in.body_q, s_in.body_qd, s_in.body_f)
             self._launch_internal(s_in.body_q, s_in.body_qd, s_in.body_f, self._fwd_act)
             self._solver_step(i, s_in, s_out, self._fwd_control, sub_dt)
 
+    @property
+    def _graph_from(self) -> int:
+        """First substep of the captured graph: 1 for CPU blocks stepped side by side (substep 0
+        rebuilds the mass matrix with a tile kernel, which runs under :data:`_TILE_LOCK`), else 0."""
+        return 1 if self.parallel and not self.wp_device.is_cuda else 0
+
+    @property
+    def needs_capture(self) -> bool:
+        """Whether the next :meth:`forward` captures its graph (Warp's capture is process-wide, so
+        blocks capture one at a time, while no other block launches anything)."""
+        return self.graph_capture and self._graph is None and self._graph_from < self.substeps
+
     def forward(self, q: torch.Tensor, qd: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One control step without gradients; returns new ``(q, qd)`` tensors."""
+        """One control step without gradients; returns new ``(q, qd)`` tensors.
+
+        With :attr:`graph_capture`, the step's launches are captured once into a Warp graph (a CUDA
+        graph on GPUs, Warp's CPU graph on the CPU) and replayed from then on: the same kernels on
+        the same buffers, with no Python per launch. The first call runs without capture, so that
+        every kernel module is loaded before it.
+        """
         wp = _warp()
         s = self._fwd
         wp.to_torch(s[0].joint_q).copy_(q.detach().reshape(-1))
         wp.to_torch(s[0].joint_qd).copy_(qd.detach().reshape(-1))
         wp.to_torch(self._fwd_act).copy_(act.detach())
-        if self.graph_capture and self.wp_device.is_cuda:
-            if self._graph is None:
-                with wp.ScopedCapture(device=self.wp_device) as cap:
-                    self._substeps_forward()
-                self._graph = cap.graph
-            wp.capture_launch(self._graph)
+        lo = self._graph_from
+        if not self.graph_capture or not self._stepped:
+            self._fwd_substeps(0, self.substeps)
         else:
-            self._substeps_forward()
+            if lo:
+                self._fwd_substeps(0, lo)
+            if lo < self.substeps:
+                if self._graph is None:
+                    with wp.ScopedCapture(device=self.wp_device) as cap:
+                        self._fwd_substeps(lo, self.substeps)
+                    self._graph = cap.graph
+                wp.capture_launch(self._graph)
+        self._stepped = True
         out = s[self.substeps % 2]
         q_out = wp.to_torch(out.joint_q).reshape(self.num_envs, self.nq).clone()
         qd_out = wp.to_torch(out.joint_qd).reshape(self.num_envs, self.nqd).clone()
@@ -957,7 +983,7 @@ class ArticulatedSim:
 
     @property
     def graph_capture(self) -> bool:
-        """Capture the forward control step in a CUDA graph (CUDA only; ignored on the CPU)."""
+        """Capture the forward control step in a Warp graph and replay it (see :meth:`_WorldBlock.forward`)."""
         return self._blocks[0].graph_capture
 
     @graph_capture.setter
@@ -1012,7 +1038,10 @@ class ArticulatedSim:
         """One control step without gradients; returns new ``(q, qd)`` tensors."""
         if len(self._blocks) == 1:
             return self._blocks[0].forward(q, qd, act)
-        out = self._each("forward", lambda b, lo, hi: b.forward(q[lo:hi], qd[lo:hi], act[lo:hi]))
+        if any(b.needs_capture for b in self._blocks):  # one by one: Warp's graph capture is process-wide
+            out = [b.forward(q[lo:hi], qd[lo:hi], act[lo:hi]) for b, lo, hi in self._spans()]
+        else:
+            out = self._each("forward", lambda b, lo, hi: b.forward(q[lo:hi], qd[lo:hi], act[lo:hi]))
         return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
     def backward(

@@ -290,12 +290,14 @@ def profile_env(
     ``window`` recorded steps and their backward pass are timed too; that phase is split into the
     recorded forward steps, the re-run of each step in the backward pass, and
     the adjoint kernels. Everything outside kernels is the torch side. A Warp env is profiled with
-    its worlds on one thread (``sim_threads=1``).
+    its worlds on one thread and its launches made one by one (``sim_threads=1``,
+    ``graph_capture=False``).
     """
     from pwm_bench.envs import env_spec
 
     if "sim_threads" in {f.name for f in dataclasses.fields(env_spec(name).config())}:
-        overrides = {**overrides, "sim_threads": 1}  # launches are timed one by one, from one thread
+        # launches are timed one by one, from one thread, and a replayed graph would hide them
+        overrides = {**overrides, "sim_threads": 1, "graph_capture": False}
     env, actions = _env_and_actions(name, num_envs, device, differentiable, seed, overrides)
     dev = env.device
     with torch.no_grad():

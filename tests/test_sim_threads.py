@@ -59,18 +59,25 @@ def test_inertia_matrix_and_factor_are_the_dense_products() -> None:
 
 
 @pytest.mark.parametrize("name", ["hopper", "muscle_humanoid"])
-def test_worlds_on_two_threads_match_one_thread_bit_for_bit(name: str) -> None:
+def test_graphs_and_threads_match_plain_stepping_bit_for_bit(name: str) -> None:
+    """Launch by launch on one thread (the reference) against a replayed CPU graph on one thread and
+    on two (where substep 0, with its tile kernel, stays out of the graph)."""
+    plain = make_env(name, 16, "cpu", differentiable=True, sim_threads=1, graph_capture=False)
     one = make_env(name, 16, "cpu", differentiable=True, sim_threads=1)
     two = make_env(name, 16, "cpu", differentiable=True, sim_threads=2)
     assert (one.sim.threads, two.sim.threads) == (1, 2)
-    # the first calls run the blocks one after another; the later ones side by side
-    for _ in range(2):
-        s1, g1 = _rollout(one, 4)
-        s2, g2 = _rollout(two, 4)
-        assert torch.equal(s1, s2)
-        assert torch.equal(g1, g2) and g1.abs().sum() > 0
-    two.close()
-    one.close()
+    # the first calls run plain and the blocks one after another; then graphs are captured and
+    # replayed, and the blocks step side by side
+    for _ in range(3):
+        s0, g0 = _rollout(plain, 4)
+        for env in (one, two):
+            s, g = _rollout(env, 4)
+            assert torch.equal(s, s0)
+            assert torch.equal(g, g0) and g.abs().sum() > 0
+    assert all(b._graph is not None for b in one.sim._blocks + two.sim._blocks)
+    assert plain.sim._blocks[0]._graph is None
+    for env in (plain, one, two):
+        env.close()
     assert two.sim._pool is None
 
 
