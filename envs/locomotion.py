@@ -76,7 +76,7 @@ class WarpEnvConfig:
     sim_threads: int = neutral(0)
     """CPU threads the worlds are split across (ignored on CUDA). 0 picks: on the humanoid-class
     envs, whose kernels are long enough to run side by side, torch's thread count (a run's
-    ``--threads``) with at least 128 worlds per thread; 1 elsewhere, where the Python side of the
+    ``--threads``) with at least 32 worlds per thread; 1 elsewhere, where the Python side of the
     kernel launches dominates. Results do not depend on it."""
 
     def validate(self) -> None:

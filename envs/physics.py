@@ -527,10 +527,10 @@ _TILE_LOCK = threading.Lock()
 their adjoints) across threads: on x86-64 Warp's CPU tile code keeps its shared-memory pointer in a
 process-wide static variable, so two blocks must not run a tile kernel at the same time."""
 
-MIN_WORLDS_PER_THREAD = 128
-"""Worlds per thread below which an automatic split costs more than it saves: on 2 CPU cores, two
-blocks of 32 humanoid worlds stepped 0.54 times as fast forward as one block of 64 (0.93 times with
-gradients); two of 128 stepped 1.55 times as fast with gradients (docs/performance.md)."""
+MIN_WORLDS_PER_THREAD = 32
+"""Worlds per thread below which an automatic split is not tried. On 2 CPU cores two blocks of 32
+humanoid worlds stepped 1.47 times as fast forward as one block of 64 and 1.17 times with
+gradients (the muscle humanoid 1.13 and 0.96; docs/performance.md)."""
 
 
 def block_count(threads: int | None, num_envs: int, device: torch.device) -> int:

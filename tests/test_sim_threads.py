@@ -85,8 +85,8 @@ def test_sim_threads_default_and_validation() -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert make_env("muscle_humanoid", 256, "cpu").sim.threads == 2  # humanoid-class: torch's threads
-        assert make_env("muscle_humanoid", 255, "cpu").sim.threads == 1  # under 128 worlds per thread
+        assert make_env("muscle_humanoid", 64, "cpu").sim.threads == 2  # humanoid-class: torch's threads
+        assert make_env("muscle_humanoid", 63, "cpu").sim.threads == 1  # under 32 worlds per thread
         assert make_env("hopper", 256, "cpu").sim.threads == 1  # launch-bound: one thread
         assert make_env("hopper", 16, "cpu", sim_threads=2).sim.threads == 2  # asked for: as given
         assert make_env("hopper", 1, "cpu", sim_threads=2).sim.threads == 1  # at most one block per world
