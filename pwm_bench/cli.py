@@ -763,6 +763,9 @@ def wm_check(
     horizon: Annotated[int, typer.Option(help="Window length in control steps.")] = 16,
     seed: Annotated[int, typer.Option(help="Reset seed of the start states and random actions.")] = 0,
     checkpoint: Annotated[str, typer.Option(help="latest | best.")] = "latest",
+    warmup: Annotated[
+        int, typer.Option(help="Steps of the deterministic policy before the window (start where it goes).")
+    ] = 0,
 ) -> None:
     """World-model error vs policy error: compare a PWM run's model gradients with the simulator's.
 
@@ -770,7 +773,9 @@ def wm_check(
     between the model's and the simulator's gradients of the discounted window return w.r.t. the
     actions (1 = same direction), for the first action alone, and the returns each predicts; then
     the cosine between the actor updates that the model and the simulator would give (the actor
-    loss's gradient w.r.t. the actor's parameters), with and without the critics' bootstrap.
+    loss's gradient w.r.t. the actor's parameters), with and without the critics' bootstrap; then,
+    per lookahead k, how the reward k steps later responds to the first action (model vs simulator,
+    over the worlds still alive) and the mean rewards each predicts there.
     """
     from rich.table import Table
 
@@ -782,13 +787,16 @@ def wm_check(
             raise UsageError(f"--horizon must be in [1, {WM_CHECK_MAX_HORIZON}], got {horizon}")
         if not 1 <= worlds <= 4096:
             raise UsageError(f"--worlds must be in [1, 4096], got {worlds}")
-        rows = check_pwm_run(run_dir, worlds=worlds, horizon=horizon, seed=seed, checkpoint=checkpoint)
+        if warmup < 0:
+            raise UsageError(f"--warmup must be >= 0, got {warmup}")
+        rows = check_pwm_run(run_dir, worlds=worlds, horizon=horizon, seed=seed, checkpoint=checkpoint, warmup=warmup)
     except UsageError as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"model vs simulator gradients, {horizon}-step windows, {worlds} worlds")
     for col in ("actions", "alive", "cosine", "first-action cosine", "|g_model|/|g_env|", "env return", "model return"):
         table.add_column(col, justify="right" if col != "actions" else "left")
     actor = rows.pop("actor")
+    look = rows.pop("lookahead")
     for name, r in rows.items():
         if r.get("alive", 0.0) == 0.0:
             table.add_row(name, "0%", *["—"] * 5)
@@ -807,6 +815,13 @@ def wm_check(
         f"actor-parameter gradient of the actor loss, model vs simulator (same critics and noise): cosine "
         f"{actor['cosine']:.3f} with the critics' bootstrap, {actor['cosine_rewards']:.3f} from the rewards alone"
     )
+    table = Table(title="reward k steps later vs the first action (stochastic policy), model vs simulator")
+    for col in ("k", "alive", "cosine (median)", "cosine of sums", "env reward", "model reward"):
+        table.add_column(col, justify="right")
+    fields = ("worlds", "cosine", "cosine_sum", "env_reward", "model_reward")
+    for k, (n, *vals) in enumerate(zip(*(look[f] for f in fields), strict=True)):
+        table.add_row(str(k), str(int(n)), *("—" if v != v else f"{v:.3f}" for v in vals))
+    _console().print(table)
 
 
 @app.command("list", epilog="Examples:\n\n  pwm-bench list\n\n  pwm-bench list --algo ppo --preset cpu")

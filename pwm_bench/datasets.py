@@ -330,8 +330,12 @@ class Batch:
         obs: ``(H+1, B, O)``.
         action: ``(H, B, A)``; ``action[t]`` was taken at ``obs[t]``.
         reward: ``(H, B)``.
-        terminated: ``(H, B)`` bool; only the last step of a window can be terminal.
+        terminated: ``(H, B)`` bool; only the last step of a window (of a partial window: its last
+            valid step) can be terminal.
         task: ``(B,)``.
+        mask: ``(H, B)`` float, 1 on the steps inside the episode, for partial windows (windows that
+            may run past their episode's end; the steps after it repeat the last one and are masked);
+            None for full windows.
     """
 
     obs: torch.Tensor
@@ -339,6 +343,7 @@ class Batch:
     reward: torch.Tensor
     terminated: torch.Tensor
     task: torch.Tensor
+    mask: torch.Tensor | None = None
 
 
 class EpisodeDataset:
@@ -393,20 +398,35 @@ class EpisodeDataset:
     def num_transitions(self) -> int:
         return int(self.length.sum())
 
-    def sample(self, batch: int, horizon: int, generator: torch.Generator | None = None) -> Batch:
-        """``batch`` windows of ``horizon`` transitions, uniform over all valid start positions."""
-        ok = self.length >= horizon
+    def sample(
+        self, batch: int, horizon: int, generator: torch.Generator | None = None, partial: bool = False
+    ) -> Batch:
+        """``batch`` windows of ``horizon`` transitions, uniform over all valid start positions.
+
+        Full windows (the default, as the reference's slice sampler) lie inside one episode, so an
+        episode's last transitions start no window and the step into a termination is seen at one
+        depth only (the window's last). With ``partial`` every transition starts a window; a window
+        that reaches its episode's end stops there (``Batch.mask``), so an episode end is learned at
+        every depth from 0 to ``horizon - 1``, and episodes shorter than ``horizon`` are used too.
+        """
+        ok = self.length >= (1 if partial else horizon)
         if not bool(ok.any()):
             raise DatasetError(f"{self.path}: no episode has {horizon} transitions (longest {int(self.length.max())})")
-        starts_per_ep = torch.where(ok, self.length - horizon + 1, torch.zeros_like(self.length))
+        starts = self.length if partial else self.length - horizon + 1
+        starts_per_ep = torch.where(ok, starts, torch.zeros_like(self.length))
         cum = torch.cumsum(starts_per_ep, 0)
         pick = torch.randint(0, int(cum[-1]), (batch,), generator=generator).to(self.device)
         ep = torch.searchsorted(cum, pick, right=True)
         offset = pick - (cum[ep] - starts_per_ep[ep])
-        t = torch.arange(horizon, device=self.device)
-        tr = (self.tr_start[ep] + offset).unsqueeze(0) + t.unsqueeze(1)  # (H, B)
-        ob = (self.obs_start[ep] + offset).unsqueeze(0) + torch.arange(horizon + 1, device=self.device).unsqueeze(1)
-        return Batch(self.obs[ob], self.action[tr], self.reward[tr], self.terminated[tr], self.task[ep])
+        step = offset.unsqueeze(0) + torch.arange(horizon + 1, device=self.device).unsqueeze(1)  # (H+1, B)
+        tr_step, ob_step, mask = step[:-1], step, None
+        if partial:
+            last = (self.length[ep] - 1).unsqueeze(0)  # index of the episode's last transition
+            mask = (tr_step <= last).float()
+            tr_step, ob_step = torch.minimum(tr_step, last), torch.minimum(step, last + 1)
+        tr = self.tr_start[ep].unsqueeze(0) + tr_step
+        ob = self.obs_start[ep].unsqueeze(0) + ob_step
+        return Batch(self.obs[ob], self.action[tr], self.reward[tr], self.terminated[tr], self.task[ep], mask)
 
     def sample_states(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``batch`` observations ``(B, O)`` drawn uniformly from the episodes' observations."""
@@ -493,12 +513,14 @@ class MultiTaskDataset:
     def _pad(self, x: torch.Tensor, size: int) -> torch.Tensor:
         return torch.nn.functional.pad(x, (0, size - x.shape[-1]))
 
-    def sample(self, batch: int, horizon: int, generator: torch.Generator | None = None) -> Batch:
+    def sample(
+        self, batch: int, horizon: int, generator: torch.Generator | None = None, partial: bool = False
+    ) -> Batch:
         """``batch`` padded windows, split evenly over the tasks (the first ``batch mod T`` get one more);
-        ``task`` holds each window's task id."""
+        ``task`` holds each window's task id (``partial``: see :meth:`EpisodeDataset.sample`)."""
         t_count = self.num_tasks
         sizes = [batch // t_count + (1 if k < batch % t_count else 0) for k in range(t_count)]
-        bs = [d.sample(n, horizon, generator) for d, n in zip(self.parts, sizes, strict=True) if n > 0]
+        bs = [d.sample(n, horizon, generator, partial) for d, n in zip(self.parts, sizes, strict=True) if n > 0]
         ids = [k for k, n in enumerate(sizes) if n > 0]
         o, a = self.manifest["obs_dim"], self.manifest["act_dim"]
         return Batch(
@@ -512,6 +534,7 @@ class MultiTaskDataset:
                     for k, b in zip(ids, bs, strict=True)
                 ]
             ),
+            torch.cat([b.mask for b in bs], 1) if partial else None,
         )
 
     def sample_states(self, batch: int, task: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -64,22 +64,31 @@ class GradientAlignment:
 
 
 @contextlib.contextmanager
-def probing(env: Any) -> Iterator[None]:
-    """Within the block the env may be stepped freely, without resets; afterwards its simulator state,
-    its episode statistics and its step counter are as before, and its autograd graph is cut.
+def probing(env: Any, resets: bool = False) -> Iterator[None]:
+    """Within the block the env may be stepped freely; afterwards its simulator state, its episode
+    statistics, its step counter and its reset generator are as before, and its autograd graph is cut.
 
     This lets a diagnostic probe a training env from its live states without changing the training
-    run (the returns and lengths of its running episodes included).
+    run (the returns and lengths of its running episodes included). By default finished worlds are
+    not reset (a world that falls keeps falling). With ``resets=True`` they reset as in training, and
+    every probe in a row draws the same reset states (the env's generator ``_gen`` is restored).
     """
     state0 = env.get_state()
     stats = (env._ep_return.clone(), env._ep_length.clone(), env._steps_taken)
+    gen = getattr(env, "_gen", None)
+    gen_state = gen.get_state() if gen is not None else None
     try:
-        with env.resets_suspended():
+        if resets:
             yield
+        else:
+            with env.resets_suspended():
+                yield
     finally:
         env.set_state(state0)
         env.detach()
         env._ep_return, env._ep_length, env._steps_taken = stats
+        if gen is not None:
+            gen.set_state(gen_state)
 
 
 def model_gradient_alignment(
@@ -140,6 +149,84 @@ def model_gradient_alignment(
     )
 
 
+@dataclasses.dataclass
+class LookaheadAlignment:
+    """How the model's and the simulator's reward at step ``k`` respond to the window's first action.
+
+    Every field is ``(H,)``, one entry per lookahead ``k`` (the reward of step ``k``, whose state the
+    first action reaches after ``k`` transitions), over the worlds still alive before step ``k``.
+
+    Attributes:
+        worlds: count of those worlds.
+        cosine: median over them of the per-world cosine of ``d r_k / d a_0`` (model vs simulator).
+        cosine_sum: cosine of the two gradients summed over them (what an update over the batch sees).
+        env_reward, model_reward: their mean rewards at step ``k`` (env units).
+    """
+
+    worlds: torch.Tensor
+    cosine: torch.Tensor
+    cosine_sum: torch.Tensor
+    env_reward: torch.Tensor
+    model_reward: torch.Tensor
+
+
+def reward_lookahead_alignment(
+    env: Any, wm: WorldModel, obs: torch.Tensor, actions: torch.Tensor, task: torch.Tensor | None = None
+) -> LookaheadAlignment:
+    """Per lookahead ``k``, compare ``d r_k / d a_0`` through the model with the simulator's for open-loop
+    ``actions (H, N, A)`` from the env's current state ``obs (N, O)`` (restored afterwards; worlds do
+    not reset). Where the model's multi-step predictions go wrong, the cosine falls with ``k``; a
+    model that misses a fall the simulator takes shows as a negative cosine and a model reward far
+    above the env's."""
+    horizon, n = actions.shape[0], actions.shape[1]
+    a_env = actions.detach().clone().requires_grad_(True)
+    alive = torch.ones(n, dtype=torch.bool, device=actions.device)
+    r_env, alive_before = [], []
+    with probing(env), torch.enable_grad():
+        for t in range(horizon):
+            alive_before.append(alive.clone())
+            _, r, terminated, _, _ = env.step(a_env[t])
+            r_env.append(r)
+            alive = alive & ~terminated
+        g_env = [torch.autograd.grad(r_env[k].sum(), a_env, retain_graph=True)[0][0] for k in range(horizon)]
+    requires = [p.requires_grad for p in wm.parameters()]
+    wm.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            a_wm = actions.detach().clone().requires_grad_(True)
+            z = wm.encode(obs.detach(), task)
+            r_wm = []
+            for t in range(horizon):
+                r_wm.append(wm.reward_to_env(wm.reward(z, a_wm[t], task)))
+                z = wm.next(z, a_wm[t], task)
+            g_wm = [torch.autograd.grad(r_wm[k].sum(), a_wm, retain_graph=True)[0][0] for k in range(horizon)]
+    finally:
+        for p, r in zip(wm.parameters(), requires, strict=True):
+            p.requires_grad_(r)
+    cos = torch.nn.functional.cosine_similarity
+    nan = torch.tensor(float("nan"))
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("worlds", "cosine", "cosine_sum", "env", "model")}
+    for k in range(horizon):
+        m = alive_before[k]
+        out["worlds"].append(m.sum())
+        if not bool(m.any()):
+            for key in ("cosine", "cosine_sum", "env", "model"):
+                out[key].append(nan)
+            continue
+        ge, gw = g_env[k][m].detach(), g_wm[k][m].detach()
+        out["cosine"].append(cos(gw, ge, dim=1).median())
+        out["cosine_sum"].append(cos(gw.sum(0), ge.sum(0), dim=0))
+        out["env"].append(r_env[k][m].detach().mean())
+        out["model"].append(r_wm[k][m].detach().mean())
+    return LookaheadAlignment(
+        worlds=torch.stack(out["worlds"]),
+        cosine=torch.stack(out["cosine"]),
+        cosine_sum=torch.stack(out["cosine_sum"]),
+        env_reward=torch.stack(out["env"]),
+        model_reward=torch.stack(out["model"]),
+    )
+
+
 def policy_actions(env: Any, act: Any, obs: torch.Tensor, horizon: int) -> torch.Tensor:
     """``(H, N, A)`` actions a policy takes closed-loop from the env's current state (state restored).
 
@@ -164,7 +251,8 @@ def check_pwm_run(
     device: str | torch.device = "cpu",
     checkpoint: str = "latest",
     noise_draws: int = 4,
-) -> dict[str, dict[str, float]]:
+    warmup: int = 0,
+) -> dict[str, Any]:
     """Gradient alignment of a single-task PWM run's world model, on the policy's actions and on random ones.
 
     Loads the run's world model as its checkpoint holds it (fine-tuned, for an online run) and its
@@ -174,7 +262,10 @@ def check_pwm_run(
     "actor": {...}}``, where ``actor`` holds the mean over ``noise_draws`` exploration-noise draws of
     the cosine between the actor-parameter gradients of the actor loss through the model and
     through the simulator (:func:`~pwm_bench.pwm.single_task.actor_gradient_cosine`), with the
-    critics' bootstrap (``cosine``) and without it (``cosine_rewards``).
+    critics' bootstrap (``cosine``) and without it (``cosine_rewards``), and ``"lookahead"``, the
+    fields of :func:`reward_lookahead_alignment` as lists, for the stochastic policy's closed-loop
+    actions. With ``warmup`` the deterministic policy first runs that many steps from the reset
+    states (worlds that end reset), so that the window starts where the policy's episodes go.
     """
     from pwm_bench.config import from_dict
     from pwm_bench.envs import env_spec, make_env
@@ -209,6 +300,9 @@ def check_pwm_run(
     env_cfg = from_dict(spec.config, record.get("env_config") or {})
     env = make_env(record["env"], worlds, device, True, **dataclasses.asdict(env_cfg))
     obs, _ = env.reset(seed=seed)
+    with torch.no_grad():
+        for _ in range(warmup):
+            obs = env.step(actor(wm.encode(obs), deterministic=True))[0]
     gen = torch.Generator().manual_seed(seed)
     candidates = {
         "policy": policy_actions(env, lambda o: actor(wm.encode(o), deterministic=True), obs, horizon),
@@ -221,7 +315,20 @@ def check_pwm_run(
         return sum(actor_gradient_cosine(env, wm, actor, critics, obs, c, s) for s in range(noise_draws)) / noise_draws
 
     out["actor"] = {"cosine": actor_cos(cfg), "cosine_rewards": actor_cos(no_value)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sampled = policy_actions(env, lambda o: actor(wm.encode(o)), obs, horizon)
+    look = reward_lookahead_alignment(env, wm, obs, sampled)
+    out["lookahead"] = {f.name: getattr(look, f.name).tolist() for f in dataclasses.fields(look)}
     return out
 
 
-__all__ = ["GradientAlignment", "check_pwm_run", "model_gradient_alignment", "policy_actions", "probing"]
+__all__ = [
+    "GradientAlignment",
+    "LookaheadAlignment",
+    "check_pwm_run",
+    "model_gradient_alignment",
+    "policy_actions",
+    "probing",
+    "reward_lookahead_alignment",
+]

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from pwm_bench.config import to_dict
+from pwm_bench.config import neutral, to_dict
 from pwm_bench.datasets import EpisodeDataset, MultiTaskDataset
 from pwm_bench.errors import NonFiniteError, RunInterrupted, UsageError, unknown_choice
 from pwm_bench.progress import Reporter
@@ -87,6 +87,10 @@ class PretrainConfig:
     """Batches per held-out evaluation."""
     seed: int = 0
     """Seed of the split, the sampling and the initialisation."""
+    windows: Literal["full", "partial"] = neutral("full")
+    """'full': windows lie inside one episode (the reference's slice sampler; an episode's end is
+    learned at the window's last step only); 'partial': every transition starts a window, and a
+    window stops at its episode's end (masked after it), so an end is learned at every depth."""
 
     def reward_weight(self) -> float:
         """The reward loss's weight (``reward_coef``, or 1/horizon)."""
@@ -100,12 +104,14 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "horizon", "lr", "grad_clip", "eval_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"pretraining '{name}' must be positive, got {getattr(self, name)}")
+        if self.windows not in ("full", "partial"):
+            raise unknown_choice("pretraining windows", self.windows, ["full", "partial"])
         if not 0.0 <= self.holdout < 1.0:
             raise UsageError(f"pretraining 'holdout' must be in [0, 1), got {self.holdout}")
 
 
 def _losses(model: WorldModel, ds: EpisodeDataset | MultiTaskDataset, cfg: PretrainConfig, gen: torch.Generator) -> Any:
-    b = ds.sample(cfg.batch_size, cfg.horizon, generator=gen)
+    b = ds.sample(cfg.batch_size, cfg.horizon, generator=gen, partial=cfg.windows == "partial")
     task = b.task if model.cfg.task_dim > 0 else None
     return world_model_loss(
         model,
@@ -117,6 +123,7 @@ def _losses(model: WorldModel, ds: EpisodeDataset | MultiTaskDataset, cfg: Pretr
         reward_coef=cfg.reward_weight(),
         task=task,
         terminated=b.terminated,
+        mask=b.mask,
     )
 
 

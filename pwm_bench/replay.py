@@ -99,6 +99,23 @@ class WindowReplay:
         obs = torch.cat([self.obs[rows[:1], w[:1]], self.next_obs[rows, w]])
         return obs, self.action[rows, w], self.reward[rows, w], self.terminated[rows, w]
 
+    def sample_partial(self, batch: int, horizon: int) -> tuple[torch.Tensor, ...]:
+        """Like :meth:`sample`, plus ``mask (H, B)``; every row with ``horizon - 1`` rows after it starts
+        a window, and a window that reaches its episode's end stops there (the mask is 0 after the
+        end, whose rows belong to the next episode). See :meth:`EpisodeDataset.sample`'s ``partial``."""
+        starts = self.size - horizon + 1
+        if starts < 1:
+            raise ValueError(f"the replay holds {self.size} rows per world, fewer than the window ({horizon})")
+        idx = torch.randint(0, starts * self.n, (batch,), device=self.obs.device)
+        start, world = idx // self.n, idx % self.n
+        first = self.pos if self.size == self.rows else 0
+        rows = (first + start.unsqueeze(0) + torch.arange(horizon, device=idx.device).unsqueeze(1)) % self.rows
+        w = world.unsqueeze(0).expand_as(rows)
+        ended = self.ended[rows, w].float()
+        mask = 1.0 - (ended.cumsum(0) - ended).clamp(max=1.0)  # 1 up to and including the first end
+        obs = torch.cat([self.obs[rows[:1], w[:1]], self.next_obs[rows, w]])
+        return obs, self.action[rows, w], self.reward[rows, w], self.terminated[rows, w], mask
+
     def latest(self, horizon: int) -> tuple[torch.Tensor, ...] | None:
         """The newest window of every world whose last ``horizon`` transitions lie inside one episode.
 

@@ -423,25 +423,37 @@ def rho_weights(horizon: int, rho: float, device: Any = None) -> torch.Tensor:
     return rho ** torch.arange(horizon, dtype=torch.float32, device=device)
 
 
-def consistency_loss(z_pred: torch.Tensor, z_target: torch.Tensor, rho: float) -> torch.Tensor:
-    """``Σ_t ρ^t MSE(ẑ_{t+1}, z⁺_t) / H`` over predicted and target latents ``(H, B, L)``.
+def _batch_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``(H, B)`` → ``(H,)``: the mean over the batch, masked entries counting as 0 (a partial window's
+    steps past its episode's end); with a mask of ones it is the plain mean."""
+    return x.mean(dim=1) if mask is None else (x * mask).sum(dim=1) / x.shape[1]
+
+
+def consistency_loss(
+    z_pred: torch.Tensor, z_target: torch.Tensor, rho: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``Σ_t ρ^t MSE(ẑ_{t+1}, z⁺_t) / H`` over predicted and target latents ``(H, B, L)``; ``mask (H, B)``
+    zeroes the steps of partial windows past their episode's end.
 
     The target is detached here (stop-gradient), as in TD-MPC2 and PWM.
     """
-    mse = (z_pred - z_target.detach()).square().mean(dim=(1, 2))
+    mse = _batch_mean((z_pred - z_target.detach()).square().mean(dim=2), mask)
     return (rho_weights(z_pred.shape[0], rho, z_pred.device) * mse).sum() / z_pred.shape[0]
 
 
-def reward_loss(model: WorldModel, pred: torch.Tensor, target: torch.Tensor, rho: float) -> torch.Tensor:
-    """``Σ_t ρ^t mean_B ℓ(R_t, r_t) / H`` for reward-head outputs ``(H, B, K)`` and rewards ``(H, B)``.
+def reward_loss(
+    model: WorldModel, pred: torch.Tensor, target: torch.Tensor, rho: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``Σ_t ρ^t mean_B ℓ(R_t, r_t) / H`` for reward-head outputs ``(H, B, K)`` and rewards ``(H, B)``;
+    ``mask (H, B)`` as in :func:`consistency_loss`.
 
     ``ℓ`` is the squared error for a scalar head and the soft cross-entropy for a two-hot head.
     """
     cfg = model.cfg
     if cfg.num_bins == 0:
-        per = (pred.squeeze(-1) - target).square().mean(dim=1)
+        per = _batch_mean((pred.squeeze(-1) - target).square(), mask)
     else:
-        per = soft_ce(pred, target, cfg.vmin, cfg.vmax).mean(dim=1)
+        per = _batch_mean(soft_ce(pred, target, cfg.vmin, cfg.vmax), mask)
     return (rho_weights(pred.shape[0], rho, pred.device) * per).sum() / pred.shape[0]
 
 
@@ -467,6 +479,7 @@ def world_model_loss(
     task: torch.Tensor | None = None,
     terminated: torch.Tensor | None = None,
     termination_coef: float = 1.0,
+    mask: torch.Tensor | None = None,
 ) -> ModelLosses:
     """Multi-step latent consistency and reward loss over sub-trajectories.
 
@@ -489,6 +502,8 @@ def world_model_loss(
         task: task ids ``(B,)`` of a multi-task model.
         terminated: ``(H, B)`` termination flags; with a model that has a termination head, adds
             ``termination_coef ×`` the binary cross-entropy of its predictions on the rolled-out latents.
+        mask: ``(H, B)`` 1 on the steps inside the episode, for partial windows (every term counts
+            the steps past an episode's end as 0); None: every step counts.
     """
     horizon = action.shape[0]
     with torch.no_grad():
@@ -499,12 +514,14 @@ def world_model_loss(
         logits.append(model.reward_logits(z, action[t], task))
         z = model.next(z, action[t], task)
         zs.append(z)
-    cons = consistency_loss(torch.stack(zs), targets, rho)
-    rew = reward_loss(model, torch.stack(logits), model.reward_target(reward), rho)
+    cons = consistency_loss(torch.stack(zs), targets, rho, mask)
+    rew = reward_loss(model, torch.stack(logits), model.reward_target(reward), rho, mask)
     total = consistency_coef * cons + reward_coef * rew
     term = None
     if model.term_head is not None and terminated is not None:
-        term = F.binary_cross_entropy_with_logits(model.termination_logit(torch.stack(zs), task), terminated.float())
+        logit = model.termination_logit(torch.stack(zs), task)
+        bce = F.binary_cross_entropy_with_logits(logit, terminated.float(), reduction="none")
+        term = bce.mean() if mask is None else (bce * mask).mean()
         total = total + termination_coef * term
         term = term.detach()
     return ModelLosses(total, cons.detach(), rew.detach(), term)

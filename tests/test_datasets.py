@@ -156,3 +156,35 @@ def test_pretrain_cli_rejects_bad_input(tmp_path: Path) -> None:
     assert res.returncode == 2 and "not a dataset" in res.stderr and "Traceback" not in res.stderr
     res = cli("pretrain-wm", "--dataset", "x", "--size", "3M", "--out", str(tmp_path))
     assert res.returncode == 2 and "valid" in res.stderr
+
+
+def test_partial_windows_stop_at_the_episode_end(tmp_path: Path) -> None:
+    """Every transition starts a partial window; past the episode's end the mask is 0 and the steps repeat
+    the last one; inside, the windows obey the dynamics; the end flag sits on the last valid step."""
+    path = tmp_path / "ds"
+    env = make_env("pointmass", 3, "cpu", episode_length=7, bound=2.0)
+    writer = EpisodeWriter(path, env="pointmass", obs_dim=4, act_dim=2, num_envs=3)
+    rec = RecordingEnv(env, writer)
+    rec.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        rec.step(torch.rand(3, 2, generator=gen) * 2 - 1)
+    rec.close()
+    ds = EpisodeDataset(path)
+    assert int((ds.length < 7).sum()) > 0 and int((ds.length < 5).sum()) > 0  # some terminated early
+    h = 5
+    batch = ds.sample(4000, h, generator=torch.Generator().manual_seed(1), partial=True)
+    m = batch.mask
+    assert m is not None and m.shape == (h, 4000)
+    assert bool((m[0] == 1).all()) and bool((m[1:] <= m[:-1]).all())
+    # the share of windows cut short: min(L, H - 1) of an episode's L starts are
+    expected = float(ds.length.clamp(max=h - 1).sum() / ds.length.sum())
+    assert float((m[-1] == 0).float().mean()) == pytest.approx(expected, abs=0.03)
+    c = PointMassConfig()
+    vel_next = (1 - c.damping * c.dt) * batch.obs[:-1, :, 2:] + c.dt * c.max_force * batch.action / c.mass
+    inside = m.bool().unsqueeze(-1).expand_as(vel_next)
+    torch.testing.assert_close(batch.obs[1:, :, 2:][inside], vel_next[inside], atol=1e-5, rtol=1e-5)
+    assert not bool((batch.terminated[:-1] & m[1:].bool()).any())  # a terminal step is the last valid one
+    assert bool((batch.terminated & m.bool()).any())
+    full = ds.sample(64, h, generator=torch.Generator().manual_seed(1))
+    assert full.mask is None

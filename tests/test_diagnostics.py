@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pwm_bench.diagnostics import model_gradient_alignment, policy_actions
+from pwm_bench.diagnostics import model_gradient_alignment, policy_actions, reward_lookahead_alignment
 from pwm_bench.envs import make_env
 
 from .conftest import cli, run_inprocess
@@ -66,6 +66,23 @@ def test_alignment_is_one_for_an_exact_model_and_minus_one_for_a_flipped_one(sig
     assert s["alive"] == 1.0 and abs(s["cosine"] - expected) < 1e-5
 
 
+@pytest.mark.parametrize(("sign", "expected"), [(1.0, 1.0), (-1.0, -1.0)])
+def test_lookahead_alignment_per_step(sign: float, expected: float) -> None:
+    """d r_k / d a_0 for every k: the exact model's equals the simulator's, a flipped model's is opposite;
+    worlds that left the disc drop out of the later steps."""
+    env = make_env("pointmass", 6, differentiable=True, init_range=1.0, bound=1.0)
+    obs, _ = env.reset(seed=3)
+    before = env.get_state()
+    actions = torch.rand(6, 6, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    look = reward_lookahead_alignment(env, ExactPointMass(sign), obs, actions)
+    assert look.worlds[0] == 6 and bool((look.worlds[1:] <= look.worlds[:-1]).all()) and look.worlds[-1] < 6
+    assert torch.allclose(look.cosine, torch.full((6,), expected), atol=1e-4)
+    assert torch.allclose(look.cosine_sum, torch.full((6,), expected), atol=1e-4)
+    if sign > 0:
+        assert torch.allclose(look.model_reward, look.env_reward, atol=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in env.get_state().items())
+
+
 def test_policy_actions_are_closed_loop_and_leave_the_env_untouched() -> None:
     env = make_env("pointmass", 4, differentiable=True)
     obs, _ = env.reset(seed=0)
@@ -90,10 +107,13 @@ def test_wm_check_reports_a_pwm_run_and_rejects_other_folders(out: Path) -> None
 
     result = run_inprocess(out, algo="pwm", run_id="a", overrides=PIPELINE)
     assert result.status == "completed"
-    res = cli("wm-check", str(result.run_dir), "--worlds", "4", "--horizon", "5")
+    res = cli("wm-check", str(result.run_dir), "--worlds", "4", "--horizon", "5", "--warmup", "3")
     assert res.returncode == 0, res.stderr
     assert "policy" in res.stdout and "random" in res.stdout and "cosine" in res.stdout
     assert "actor-parameter gradient" in res.stdout
+    assert "reward k steps later" in res.stdout
+    res = cli("wm-check", str(result.run_dir), "--warmup", "-1")
+    assert res.returncode == 2 and "--warmup" in res.stderr and "Traceback" not in res.stderr
     res = cli("wm-check", str(out))
     assert res.returncode == 2 and "not a run folder" in res.stderr and "Traceback" not in res.stderr
 
@@ -116,3 +136,26 @@ def test_actor_gradient_cosine_is_one_for_an_exact_model(sign: float, value_grad
     assert cos == pytest.approx(expected, abs=1e-4)
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in env.get_state().items())
+
+
+@pytest.mark.parametrize("env_kwargs", [{"episode_length": 3}, {"bound": 1.0}], ids=["truncated", "terminated"])
+def test_actor_gradient_cosine_rolls_episode_ends_out_as_training_does(env_kwargs: dict) -> None:
+    """Episodes that end inside the window (truncated at step 3, or terminated by leaving a small disc):
+    the model's window closes its segments at the real ends and both windows restart from the same
+    reset states, so an exact model still gives the simulator's actor gradient. (Probing with resets
+    suspended left fallen worlds where they fell in the simulator's window only.)"""
+    from pwm_bench.pwm import CriticEnsemble, LatentActor, PWMConfig
+    from pwm_bench.pwm.single_task import actor_gradient_cosine
+
+    env = make_env("pointmass", 8, differentiable=True, init_range=1.0, **env_kwargs)
+    obs, _ = env.reset(seed=3)
+    before, gen = env.get_state(), env._gen.get_state()
+    torch.manual_seed(0)
+    actor, critics = LatentActor(4, 2, (16,)), CriticEnsemble(4, (16,), 3).requires_grad_(False)
+    with torch.no_grad():
+        actor.mu[-1].bias.fill_(2.0)  # push outwards, so that worlds leave the small disc
+    cfg = PWMConfig(horizon=6)
+    cos = actor_gradient_cosine(env, ExactPointMass(), actor, critics, obs, cfg, seed=1)  # type: ignore[arg-type]
+    assert cos == pytest.approx(1.0, abs=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in env.get_state().items())
+    assert torch.equal(env._gen.get_state(), gen)

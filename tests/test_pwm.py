@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -591,3 +592,18 @@ def test_replay_latest_gives_each_worlds_newest_window_inside_one_episode() -> N
     assert obs[:, :, 0].tolist() == [[3.0, 3.0], [3.5, 3.5], [4.5, 4.5], [5.5, 5.5]]
     assert term[-1].tolist() == [0.0, 1.0]  # world 2 ended at the newest step: its window is kept
     assert rb.latest(7) is None
+
+
+def test_partial_windows_pretrain_and_fine_tune_a_model_of_their_own(out: Path) -> None:
+    """``wm_windows=partial`` reaches pretraining (a model folder of its own, its config recorded) and
+    fine-tuning; the default ``full`` keeps the model folders pretrained before the option existed."""
+    from pwm_bench.pretrain import PretrainConfig
+
+    assert PretrainConfig().windows == "full"
+    run = run_inprocess(out, algo="pwm", run_id="p", overrides={**PIPELINE, "wm_windows": "partial"})
+    assert run.status == "completed"
+    (model,) = list((out / "world_models").iterdir())
+    assert "windows: partial" in (model / "config.yaml").read_text()
+    df = pd.read_csv(run.run_dir / "metrics.csv")
+    tuned = df["wm/consistency"].dropna()
+    assert len(tuned) > 0 and bool(tuned.map(math.isfinite).all())

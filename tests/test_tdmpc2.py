@@ -274,3 +274,23 @@ def test_replay_validity_is_refreshed_by_every_add() -> None:
     assert valid.shape == (4, 3)
     # world 0 ended at row 4: the window of rows 3..5 crosses it, the one of rows 2..4 does not
     assert valid[:, 0].tolist() == [True, True, True, False] and valid[:, 1:].all()
+
+
+def test_partial_replay_windows_stop_at_the_first_end() -> None:
+    replay = WindowReplay(3 * 30, 3, 2, 1, torch.device("cpu"))
+    _fill_replay(replay, 30, {4: {0}, 10: {1}, 12: {1}})
+    torch.manual_seed(0)
+    obs, action, reward, term, mask = replay.sample_partial(3000, 6)
+    assert obs.shape == (7, 3000, 2) and mask.shape == (6, 3000)
+    assert bool((mask[0] == 1).all()) and bool((mask[1:] <= mask[:-1]).all())
+    ended = torch.zeros_like(mask, dtype=torch.bool)
+    # rows hold their step index in obs[..., 0] (see _fill_replay): recover each step's end flag
+    world, step = obs[:-1, :, 0].long(), obs[:-1, :, 1].long()
+    for s, worlds in {4: {0}, 10: {1}, 12: {1}}.items():
+        for w in worlds:
+            ended |= (step == s) & (world == w)
+    first_end_or_before = 1 - (ended.float().cumsum(0) - ended.float()).clamp(max=1)
+    assert torch.equal(mask, first_end_or_before)
+    assert bool((mask[-1] == 0).any())
+    assert (action[..., 0] == step).all() and (reward == step).all()
+    assert torch.equal(term.bool() & mask.bool(), ended & mask.bool())  # the end is the last valid step

@@ -211,6 +211,46 @@ def test_pwm_world_model_loss_is_the_reference_formula_on_normalised_rewards() -
     assert float(direct.total.detach()) == pytest.approx(reference, rel=1e-5)
 
 
+def test_masked_world_model_loss_counts_only_the_steps_inside_the_episode() -> None:
+    """Partial windows: the loss is the hand-computed ``Σ_t ρ^t Σ_b m_tb ℓ_tb / (B H)`` for each term;
+    a mask of ones is the unmasked loss, and what lies past the mask does not matter."""
+    torch.manual_seed(0)
+    m = WorldModel(3, 2, model_config("pwm", latent_dim=8, enc_hidden=(8,), mlp_hidden=(8,), termination=True))
+    torch.nn.init.normal_(m.reward_head[-1].weight, std=0.3)
+    h, b, rho = 4, 5, 0.9
+    obs, act, rew = torch.randn(h + 1, b, 3), torch.rand(h, b, 2) * 2 - 1, torch.randn(h, b)
+    term = torch.zeros(h, b)
+    lengths = torch.tensor([4, 1, 2, 3, 4])
+    mask = (torch.arange(h).unsqueeze(1) < lengths).float()
+    term[lengths - 1, torch.arange(b)] = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
+    cons = rew_sum = bce = 0.0
+    with torch.no_grad():
+        z = m.encode(obs[0])
+        for t in range(h):
+            rew_sum += rho**t * float(((m.reward(z, act[t]) - rew[t]).square() * mask[t]).sum()) / b
+            z = m.next(z, act[t])
+            cons += rho**t * float(((z - m.encode(obs[t + 1])).square().mean(-1) * mask[t]).sum()) / b
+            logit = m.termination_logit(z)
+            bce += float(
+                (torch.nn.functional.binary_cross_entropy_with_logits(logit, term[t], reduction="none") * mask[t]).sum()
+            )
+    got = world_model_loss(m, obs, act, rew, rho=rho, reward_coef=0.5, terminated=term, mask=mask)
+    assert float(got.consistency) == pytest.approx(cons / h, rel=1e-5)
+    assert float(got.reward) == pytest.approx(rew_sum / h, rel=1e-5)
+    assert float(got.termination) == pytest.approx(bce / (h * b), rel=1e-5)
+    assert float(got.total.detach()) == pytest.approx(cons / h + 0.5 * rew_sum / h + bce / (h * b), rel=1e-5)
+    ones = world_model_loss(m, obs, act, rew, rho=rho, terminated=term, mask=torch.ones(h, b))
+    plain = world_model_loss(m, obs, act, rew, rho=rho, terminated=term)
+    assert float(ones.total.detach()) == pytest.approx(float(plain.total.detach()), rel=1e-6)
+    outside = mask == 0
+    obs2, act2, rew2 = obs.clone(), act.clone(), rew.clone()
+    obs2[1:][outside] += 10.0
+    act2[outside] = -act2[outside]
+    rew2[outside] += 7.0
+    moved = world_model_loss(m, obs2, act2, rew2, rho=rho, reward_coef=0.5, terminated=term, mask=mask)
+    assert float(moved.total.detach()) == pytest.approx(float(got.total.detach()), rel=1e-6)
+
+
 def test_reward_units_come_from_the_training_data() -> None:
     from types import SimpleNamespace
 

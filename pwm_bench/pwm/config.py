@@ -129,6 +129,10 @@ class PWMConfig(TrainConfig):
     wm_termination: bool = False
     """Give the pretrained model a termination head and weight imagined rewards and bootstraps by the
     predicted probability of still being alive (not in the reference, whose imagination never ends)."""
+    wm_windows: Literal["full", "partial"] = neutral("full")
+    """Windows the model trains on (pretraining and fine-tuning): 'full' lie inside one episode (the
+    reference), 'partial' may stop at their episode's end, so that episode ends (a falling hopper)
+    are learned at every rollout depth (see PretrainConfig.windows)."""
     wm_consistency_coef: float = 1.0
     """Weight of the latent consistency loss against the reward loss (PWM: 1, TD-MPC2: 20)."""
     wm_reward_coef: float | None = None
@@ -263,6 +267,8 @@ class PWMConfig(TrainConfig):
                 raise UsageError(f"config '{name}' must be positive, got {getattr(self, name)}")
         if self.wm_reward_clip is not None and not self.wm_reward_clip > 0:
             raise UsageError(f"config 'wm_reward_clip' must be positive, got {self.wm_reward_clip}")
+        if self.wm_windows not in ("full", "partial"):
+            raise unknown_choice("world-model windows (wm_windows)", self.wm_windows, ["full", "partial"])
         if self.wm_size not in MODEL_SIZES:
             raise unknown_choice("world-model size", self.wm_size, list(MODEL_SIZES))
         if self.wm_variant not in VARIANTS:

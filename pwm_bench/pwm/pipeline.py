@@ -79,9 +79,13 @@ def _pretrain_stage(cfg: PWMConfig, ctx: Any, data: str | Sequence[str]) -> Path
         reward_clip=cfg.wm_reward_clip,
         seed=ctx.seed,
         eval_every=max(1, min(1000, cfg.pretrain_steps // 5)),
+        windows=cfg.wm_windows,
     )
     wm_cfg = cfg.world_model_config(len(data) if multi else 1)
-    key = _digest({"dataset": data, "pretrain": dataclasses.asdict(pre), "wm": to_dict(wm_cfg)})
+    pre_id = dataclasses.asdict(pre)
+    if pre.windows == "full":  # added later: models pretrained before it keep their folders
+        pre_id.pop("windows")
+    key = _digest({"dataset": data, "pretrain": pre_id, "wm": to_dict(wm_cfg)})
     out = Path(ctx.out) / "world_models" / f"pwm-{ctx.env.replace(':', '-').replace(',', '+')}-{key}"
     summary_file = out / "summary.json"
     done = summary_file.exists() and json.loads(summary_file.read_text()).get("status") == "completed"

@@ -24,12 +24,27 @@ log = logging.getLogger(__name__)
 
 
 def pwm_model_loss(
-    wm: WorldModel, cfg: PWMConfig, o: torch.Tensor, a: torch.Tensor, r: torch.Tensor, d: torch.Tensor
+    wm: WorldModel,
+    cfg: PWMConfig,
+    o: torch.Tensor,
+    a: torch.Tensor,
+    r: torch.Tensor,
+    d: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> Any:
-    """The world-model loss of windows ``o (H+1, B, O)``, ``a (H, B, A)``, ``r, d (H, B)`` with PWM's weights."""
+    """The world-model loss of windows ``o (H+1, B, O)``, ``a (H, B, A)``, ``r, d (H, B)`` with PWM's
+    weights (``mask (H, B)``: the steps of partial windows inside their episode)."""
     reward_coef = 1.0 / cfg.horizon if cfg.wm_reward_coef is None else cfg.wm_reward_coef
     return world_model_loss(
-        wm, o, a, r, rho=cfg.wm_rho, consistency_coef=cfg.wm_consistency_coef, reward_coef=reward_coef, terminated=d
+        wm,
+        o,
+        a,
+        r,
+        rho=cfg.wm_rho,
+        consistency_coef=cfg.wm_consistency_coef,
+        reward_coef=reward_coef,
+        terminated=d,
+        mask=mask,
     )
 
 
@@ -52,13 +67,19 @@ def finetune_world_model(
         p.requires_grad_(True)
     wm.train()
     cons = rew = 0.0
+    partial = cfg.wm_windows == "partial"
     for _ in range(cfg.wm_iterations):
-        o, a, r, d = replay.sample(cfg.wm_batch_size - n_offline, cfg.horizon)
+        n_new = cfg.wm_batch_size - n_offline
+        if partial:
+            o, a, r, d, m = replay.sample_partial(n_new, cfg.horizon)
+        else:
+            (o, a, r, d), m = replay.sample(n_new, cfg.horizon), None
         if n_offline:
-            b = dataset.sample(n_offline, cfg.horizon)
+            b = dataset.sample(n_offline, cfg.horizon, partial=partial)
             o, a, r = torch.cat([o, b.obs], 1), torch.cat([a, b.action], 1), torch.cat([r, b.reward], 1)
             d = torch.cat([d, b.terminated.float()], 1)
-        losses = pwm_model_loss(wm, cfg, o, a, r, d)
+            m = torch.cat([m, b.mask], 1) if partial else None
+        losses = pwm_model_loss(wm, cfg, o, a, r, d, m)
         optim.zero_grad(set_to_none=True)
         losses.total.backward()
         nn.utils.clip_grad_norm_(params, 20.0)
@@ -94,18 +115,20 @@ def actor_gradient_cosine(
     (same critics, same exploration noise from ``seed``; the env and the global RNG are left as they were).
 
     This is the direction the actor actually follows, bootstrap included; with
-    ``cfg.value_gradient = False`` it compares the H-step reward gradients alone.
+    ``cfg.value_gradient = False`` it compares the H-step reward gradients alone. Both windows are
+    rolled out as training rolls them out: the model's window steps the real worlds alongside it
+    (a real episode end closes its segment), and a world whose episode ends resets, to the same
+    state in both windows.
     """
     from pwm_bench.diagnostics import probing
 
     params = list(actor.parameters())
     grads = []
     for dynamics in ("model", "simulator"):
-        with torch.random.fork_rng(devices=[]), probing(env), torch.enable_grad():
+        with torch.random.fork_rng(devices=[]), probing(env, resets=True), torch.enable_grad():
             torch.manual_seed(seed)
             sub = dataclasses.replace(cfg, dynamics=dynamics)
-            sim = env if dynamics == "simulator" else None
-            window, _ = imagine(wm, actor, critics, wm.encode(obs), sub, env=sim, obs=obs)
+            window, _ = imagine(wm, actor, critics, wm.encode(obs), sub, env=env, obs=obs)
             grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(window.loss.mean(), params)]))
     return float(nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
 
