@@ -91,6 +91,28 @@ def probing(env: Any, resets: bool = False) -> Iterator[None]:
             gen.set_state(gen_state)
 
 
+def _model_rewards(
+    wm: WorldModel, obs: torch.Tensor, actions: torch.Tensor, task: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's open-loop rollout of ``actions (H, N, A)`` from ``h(obs)``: the actions as a leaf that
+    requires grad, and the rewards ``(H, N)`` in env units, differentiable w.r.t. them only (the
+    model's parameters are left as they were)."""
+    requires = [p.requires_grad for p in wm.parameters()]
+    wm.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            a_wm = actions.detach().clone().requires_grad_(True)
+            z = wm.encode(obs.detach(), task)
+            rewards = []
+            for t in range(actions.shape[0]):
+                rewards.append(wm.reward_to_env(wm.reward(z, a_wm[t], task)))
+                z = wm.next(z, a_wm[t], task)
+    finally:
+        for p, r in zip(wm.parameters(), requires, strict=True):
+            p.requires_grad_(r)
+    return a_wm, torch.stack(rewards)
+
+
 def model_gradient_alignment(
     env: Any,
     wm: WorldModel,
@@ -123,20 +145,9 @@ def model_gradient_alignment(
             ret_env = ret_env + alive.float() * gamma**t * r
             alive = alive & ~terminated
         (g_env,) = torch.autograd.grad(ret_env.sum(), a_env)
-    requires = [p.requires_grad for p in wm.parameters()]
-    wm.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            a_wm = actions.detach().clone().requires_grad_(True)
-            z = wm.encode(obs.detach(), task)
-            ret_wm = torch.zeros(n, device=actions.device)
-            for t in range(horizon):
-                ret_wm = ret_wm + gamma**t * wm.reward_to_env(wm.reward(z, a_wm[t], task))
-                z = wm.next(z, a_wm[t], task)
-            (g_wm,) = torch.autograd.grad(ret_wm.sum(), a_wm)
-    finally:
-        for p, r in zip(wm.parameters(), requires, strict=True):
-            p.requires_grad_(r)
+    a_wm, r_wm = _model_rewards(wm, obs, actions, task)
+    ret_wm = (gamma ** torch.arange(horizon, device=r_wm.device).unsqueeze(1) * r_wm).sum(0)
+    (g_wm,) = torch.autograd.grad(ret_wm.sum(), a_wm)
     flat_env, flat_wm = g_env.transpose(0, 1).reshape(n, -1), g_wm.transpose(0, 1).reshape(n, -1)
     cos = torch.nn.functional.cosine_similarity
     return GradientAlignment(
@@ -189,20 +200,8 @@ def reward_lookahead_alignment(
             r_env.append(r)
             alive = alive & ~terminated
         g_env = [torch.autograd.grad(r_env[k].sum(), a_env, retain_graph=True)[0][0] for k in range(horizon)]
-    requires = [p.requires_grad for p in wm.parameters()]
-    wm.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            a_wm = actions.detach().clone().requires_grad_(True)
-            z = wm.encode(obs.detach(), task)
-            r_wm = []
-            for t in range(horizon):
-                r_wm.append(wm.reward_to_env(wm.reward(z, a_wm[t], task)))
-                z = wm.next(z, a_wm[t], task)
-            g_wm = [torch.autograd.grad(r_wm[k].sum(), a_wm, retain_graph=True)[0][0] for k in range(horizon)]
-    finally:
-        for p, r in zip(wm.parameters(), requires, strict=True):
-            p.requires_grad_(r)
+    a_wm, r_wm = _model_rewards(wm, obs, actions, task)
+    g_wm = [torch.autograd.grad(r_wm[k].sum(), a_wm, retain_graph=True)[0][0] for k in range(horizon)]
     cos = torch.nn.functional.cosine_similarity
     nan = torch.tensor(float("nan"))
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("worlds", "cosine", "cosine_sum", "env", "model")}
