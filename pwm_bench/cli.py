@@ -766,6 +766,9 @@ def wm_check(
     warmup: Annotated[
         int, typer.Option(help="Steps of the deterministic policy before the window (start where it goes).")
     ] = 0,
+    ends: Annotated[
+        bool, typer.Option("--ends", help="Also: how well the model predicts episode ends, per rollout depth.")
+    ] = False,
 ) -> None:
     """World-model error vs policy error: compare a PWM run's model gradients with the simulator's.
 
@@ -775,7 +778,10 @@ def wm_check(
     the cosine between the actor updates that the model and the simulator would give (the actor
     loss's gradient w.r.t. the actor's parameters), with and without the critics' bootstrap; then,
     per lookahead k, how the reward k steps later responds to the first action (model vs simulator,
-    over the worlds still alive) and the mean rewards each predicts there.
+    over the worlds still alive) and the mean rewards each predicts there. With --ends, per depth d,
+    the model's reward error (model units, squared) and termination probability for the terminal
+    transition of the held-out episodes of its pretraining data, rolled d steps from d steps before,
+    against a transition 24 steps before the end.
     """
     from rich.table import Table
 
@@ -789,7 +795,9 @@ def wm_check(
             raise UsageError(f"--worlds must be in [1, 4096], got {worlds}")
         if warmup < 0:
             raise UsageError(f"--warmup must be >= 0, got {warmup}")
-        rows = check_pwm_run(run_dir, worlds=worlds, horizon=horizon, seed=seed, checkpoint=checkpoint, warmup=warmup)
+        rows = check_pwm_run(
+            run_dir, worlds=worlds, horizon=horizon, seed=seed, checkpoint=checkpoint, warmup=warmup, ends=ends
+        )
     except UsageError as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"model vs simulator gradients, {horizon}-step windows, {worlds} worlds")
@@ -797,6 +805,7 @@ def wm_check(
         table.add_column(col, justify="right" if col != "actions" else "left")
     actor = rows.pop("actor")
     look = rows.pop("lookahead")
+    end_rows = rows.pop("ends", None)
     for name, r in rows.items():
         if r.get("alive", 0.0) == 0.0:
             table.add_row(name, "0%", *["—"] * 5)
@@ -822,6 +831,15 @@ def wm_check(
     for k, (n, *vals) in enumerate(zip(*(look[f] for f in fields), strict=True)):
         table.add_row(str(k), str(int(n)), *("—" if v != v else f"{v:.3f}" for v in vals))
     _console().print(table)
+    if end_rows is not None:
+        table = Table(title="episode ends of the held-out data, per rollout depth (rewards in model units)")
+        cols = ("episodes", "end_reward_error", "ref_reward_error", "end_termination", "ref_termination")
+        heads = ("depth", "episodes", "reward error at the end", "24 steps before", "p(end) at the end", "24 before")
+        for col in heads:
+            table.add_column(col, justify="right")
+        for d, (n, *vals) in enumerate(zip(*(end_rows[c] for c in cols), strict=True)):
+            table.add_row(str(d), str(int(n)), *("—" if v != v else f"{v:.3f}" for v in vals))
+        _console().print(table)
 
 
 @app.command("list", epilog="Examples:\n\n  pwm-bench list\n\n  pwm-bench list --algo ppo --preset cpu")

@@ -226,6 +226,56 @@ def reward_lookahead_alignment(
     )
 
 
+@torch.no_grad()
+def episode_end_errors(wm: WorldModel, dataset: Any, horizon: int = 16, before_end: int = 24) -> dict[str, list[float]]:
+    """How well the model sees an episode's end coming, per rollout depth ``d = 0 .. horizon - 1``.
+
+    For every episode of ``dataset`` (an :class:`~pwm_bench.datasets.EpisodeDataset`) that ended in a
+    termination and has at least ``d + 1`` transitions, the model starts from the encoding of the
+    observation ``d`` steps before the terminal transition, rolls its latent ``d`` steps with the
+    recorded actions, and predicts the terminal transition's reward. As a reference, the same is done
+    for the transition ``before_end`` steps before the end (in episodes long enough). Returns lists of
+    length ``horizon``: ``episodes`` (how many ended at depth ``d``), ``end_reward_error`` and
+    ``ref_reward_error`` (mean squared error in the model's reward units), and, for a model with a
+    termination head, ``end_termination`` and ``ref_termination`` (mean predicted probability that the
+    transition terminates; NaN without a head).
+    """
+    device = dataset.obs.device
+    last = dataset.tr_start + dataset.length - 1  # each episode's last transition
+    ended = dataset.terminated[last].bool()
+    out: dict[str, list[float]] = {
+        k: [] for k in ("episodes", "end_reward_error", "ref_reward_error", "end_termination", "ref_termination")
+    }
+    head = wm.term_head is not None
+    nan = float("nan")
+
+    def predict(episodes: torch.Tensor, target: torch.Tensor, depth: int) -> tuple[float, float]:
+        """Mean squared reward error and termination probability at transition index ``target`` (per episode)."""
+        if episodes.numel() == 0:
+            return nan, nan
+        start = target - depth  # index within the episode
+        z = wm.encode(dataset.obs[dataset.obs_start[episodes] + start])
+        for t in range(depth):
+            z = wm.next(z, dataset.action[dataset.tr_start[episodes] + start + t])
+        row = dataset.tr_start[episodes] + target
+        a = dataset.action[row]
+        err = (wm.reward(z, a) - wm.reward_target(dataset.reward[row])).square().mean()
+        term = torch.sigmoid(wm.termination_logit(wm.next(z, a))).mean() if head else torch.tensor(nan)
+        return float(err), float(term)
+
+    for depth in range(horizon):
+        eps = (ended & (dataset.length >= depth + 1)).nonzero().squeeze(-1).to(device)
+        end_err, end_term = predict(eps, dataset.length[eps] - 1, depth)
+        ref = (dataset.length >= before_end + depth + 1).nonzero().squeeze(-1).to(device)
+        ref_err, ref_term = predict(ref, dataset.length[ref] - 1 - before_end, depth)
+        out["episodes"].append(float(eps.numel()))
+        out["end_reward_error"].append(end_err)
+        out["ref_reward_error"].append(ref_err)
+        out["end_termination"].append(end_term)
+        out["ref_termination"].append(ref_term)
+    return out
+
+
 def policy_actions(env: Any, act: Any, obs: torch.Tensor, horizon: int) -> torch.Tensor:
     """``(H, N, A)`` actions a policy takes closed-loop from the env's current state (state restored).
 
@@ -251,6 +301,7 @@ def check_pwm_run(
     checkpoint: str = "latest",
     noise_draws: int = 4,
     warmup: int = 0,
+    ends: bool = False,
 ) -> dict[str, Any]:
     """Gradient alignment of a single-task PWM run's world model, on the policy's actions and on random ones.
 
@@ -264,7 +315,9 @@ def check_pwm_run(
     critics' bootstrap (``cosine``) and without it (``cosine_rewards``), and ``"lookahead"``, the
     fields of :func:`reward_lookahead_alignment` as lists, for the stochastic policy's closed-loop
     actions. With ``warmup`` the deterministic policy first runs that many steps from the reset
-    states (worlds that end reset), so that the window starts where the policy's episodes go.
+    states (worlds that end reset), so that the window starts where the policy's episodes go. With
+    ``ends``, ``"ends"`` holds :func:`episode_end_errors` of the run's model on the held-out episodes
+    of the dataset its world model was pretrained on (the pretraining's own split).
     """
     from pwm_bench.config import from_dict
     from pwm_bench.envs import env_spec, make_env
@@ -319,13 +372,32 @@ def check_pwm_run(
         sampled = policy_actions(env, lambda o: actor(wm.encode(o)), obs, horizon)
     look = reward_lookahead_alignment(env, wm, obs, sampled)
     out["lookahead"] = {f.name: getattr(look, f.name).tolist() for f in dataclasses.fields(look)}
+    if ends:
+        out["ends"] = episode_end_errors(wm, _heldout_episodes(Path(cfg.world_model)), horizon)
     return out
+
+
+def _heldout_episodes(model_dir: Path) -> Any:
+    """The held-out split of the dataset a pretrained world model's folder names (its own seed and share)."""
+    import yaml
+
+    from pwm_bench.datasets import EpisodeDataset
+    from pwm_bench.errors import UsageError
+
+    file = model_dir / "config.yaml"
+    record = yaml.safe_load(file.read_text()) if file.exists() else None
+    if not isinstance(record, dict) or "dataset" not in record:
+        raise UsageError(f"{model_dir}: no pretraining record (config.yaml with a dataset) to find the model's data")
+    pre = record.get("pretrain") or {}
+    data = EpisodeDataset(record["dataset"])
+    return data.split(float(pre.get("holdout", 0.05)), seed=int(pre.get("seed", 0)))[1]
 
 
 __all__ = [
     "GradientAlignment",
     "LookaheadAlignment",
     "check_pwm_run",
+    "episode_end_errors",
     "model_gradient_alignment",
     "policy_actions",
     "probing",

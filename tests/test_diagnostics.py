@@ -41,6 +41,9 @@ class ExactPointMass(nn.Module):
     def reward_to_env(self, r: torch.Tensor) -> torch.Tensor:
         return r
 
+    def reward_target(self, r: torch.Tensor) -> torch.Tensor:
+        return r
+
     term_head = None
     reward_shift, reward_scale = torch.zeros(()), torch.ones(())
 
@@ -107,11 +110,11 @@ def test_wm_check_reports_a_pwm_run_and_rejects_other_folders(out: Path) -> None
 
     result = run_inprocess(out, algo="pwm", run_id="a", overrides=PIPELINE)
     assert result.status == "completed"
-    res = cli("wm-check", str(result.run_dir), "--worlds", "4", "--horizon", "5", "--warmup", "3")
+    res = cli("wm-check", str(result.run_dir), "--worlds", "4", "--horizon", "5", "--warmup", "3", "--ends")
     assert res.returncode == 0, res.stderr
     assert "policy" in res.stdout and "random" in res.stdout and "cosine" in res.stdout
     assert "actor-parameter gradient" in res.stdout
-    assert "reward k steps later" in res.stdout
+    assert "reward k steps later" in res.stdout and "episode ends of the held-out data" in res.stdout
     res = cli("wm-check", str(result.run_dir), "--warmup", "-1")
     assert res.returncode == 2 and "--warmup" in res.stderr and "Traceback" not in res.stderr
     res = cli("wm-check", str(out))
@@ -159,3 +162,29 @@ def test_actor_gradient_cosine_rolls_episode_ends_out_as_training_does(env_kwarg
     assert cos == pytest.approx(1.0, abs=1e-4)
     assert all(torch.equal(before[k], v) for k, v in env.get_state().items())
     assert torch.equal(env._gen.get_state(), gen)
+
+
+def test_episode_end_errors_are_zero_for_an_exact_model_and_count_the_ended_episodes(tmp_path: Path) -> None:
+    from pwm_bench.datasets import EpisodeDataset, EpisodeWriter, RecordingEnv
+    from pwm_bench.diagnostics import episode_end_errors
+
+    env = make_env("pointmass", 4, "cpu", init_range=1.0, bound=1.5)
+    writer = EpisodeWriter(tmp_path / "ds", env="pointmass", obs_dim=4, act_dim=2, num_envs=4)
+    rec = RecordingEnv(env, writer)
+    rec.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        rec.step(torch.rand(4, 2, generator=gen) * 2 - 1)
+    rec.close()
+    ds = EpisodeDataset(tmp_path / "ds")
+    ended = ds.terminated[ds.tr_start + ds.length - 1].bool()
+    assert int(ended.sum()) >= 3
+    out = episode_end_errors(ExactPointMass(), ds, horizon=5, before_end=3)  # type: ignore[arg-type]
+    for d in range(5):
+        assert out["episodes"][d] == int((ended & (ds.length >= d + 1)).sum())
+        assert out["end_reward_error"][d] == pytest.approx(0.0, abs=1e-8)
+        if out["ref_reward_error"][d] == out["ref_reward_error"][d]:  # not NaN: some episode long enough
+            assert out["ref_reward_error"][d] == pytest.approx(0.0, abs=1e-8)
+    assert all(v != v for v in out["end_termination"])  # no termination head: NaN
+    flipped = episode_end_errors(ExactPointMass(-1.0), ds, horizon=5, before_end=3)  # type: ignore[arg-type]
+    assert all(e > 1e-4 for e in flipped["end_reward_error"])
