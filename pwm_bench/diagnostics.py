@@ -373,12 +373,14 @@ def check_pwm_run(
     look = reward_lookahead_alignment(env, wm, obs, sampled)
     out["lookahead"] = {f.name: getattr(look, f.name).tolist() for f in dataclasses.fields(look)}
     if ends:
-        out["ends"] = episode_end_errors(wm, _heldout_episodes(Path(cfg.world_model)), horizon)
+        out["ends"] = episode_end_errors(wm, heldout_episodes(Path(cfg.world_model)), horizon)
     return out
 
 
-def _heldout_episodes(model_dir: Path) -> Any:
-    """The held-out split of the dataset a pretrained world model's folder names (its own seed and share)."""
+def heldout_episodes(model_dir: str | Path) -> Any:
+    """The held-out split (an :class:`~pwm_bench.datasets.EpisodeDataset`) of the dataset a pretrained
+    world model's folder names, with the pretraining's own seed and share."""
+    model_dir = Path(model_dir)
     import yaml
 
     from pwm_bench.datasets import EpisodeDataset
@@ -398,6 +400,7 @@ __all__ = [
     "LookaheadAlignment",
     "check_pwm_run",
     "episode_end_errors",
+    "heldout_episodes",
     "model_gradient_alignment",
     "policy_actions",
     "probing",
