@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,14 +17,17 @@ from pwm_bench.envs.pointmass import PointMassConfig
 from .conftest import cli
 
 
-def _record_pointmass(path: Path, steps: int = 260, num_envs: int = 3, shard: int = 200) -> None:
-    env = make_env("pointmass", num_envs, "cpu")
+def _record_pointmass(
+    path: Path, steps: int = 260, num_envs: int = 3, shard: int = 200, spread: float = 1.2, **env_kwargs: Any
+) -> None:
+    """Uniform random actions in ±``spread`` (beyond 1: stored clamped) on a point mass with ``env_kwargs``."""
+    env = make_env("pointmass", num_envs, "cpu", **env_kwargs)
     writer = EpisodeWriter(path, env="pointmass", obs_dim=4, act_dim=2, num_envs=num_envs, shard_transitions=shard)
     rec = RecordingEnv(env, writer)
     rec.reset(seed=0)
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
-        rec.step(torch.rand(num_envs, 2, generator=gen) * 2.4 - 1.2)  # some out of range: stored clamped
+        rec.step(torch.rand(num_envs, 2, generator=gen) * 2 * spread - spread)
     rec.close()
 
 
@@ -162,14 +166,7 @@ def test_partial_windows_stop_at_the_episode_end(tmp_path: Path) -> None:
     """Every transition starts a partial window; past the episode's end the mask is 0 and the steps repeat
     the last one; inside, the windows obey the dynamics; the end flag sits on the last valid step."""
     path = tmp_path / "ds"
-    env = make_env("pointmass", 3, "cpu", episode_length=7, bound=2.0)
-    writer = EpisodeWriter(path, env="pointmass", obs_dim=4, act_dim=2, num_envs=3)
-    rec = RecordingEnv(env, writer)
-    rec.reset(seed=0)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        rec.step(torch.rand(3, 2, generator=gen) * 2 - 1)
-    rec.close()
+    _record_pointmass(path, steps=60, spread=1.0, episode_length=7, bound=2.0)
     ds = EpisodeDataset(path)
     assert int((ds.length < 7).sum()) > 0 and int((ds.length < 5).sum()) > 0  # some terminated early
     h = 5

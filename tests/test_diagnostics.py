@@ -165,17 +165,12 @@ def test_actor_gradient_cosine_rolls_episode_ends_out_as_training_does(env_kwarg
 
 
 def test_episode_end_errors_are_zero_for_an_exact_model_and_count_the_ended_episodes(tmp_path: Path) -> None:
-    from pwm_bench.datasets import EpisodeDataset, EpisodeWriter, RecordingEnv
+    from pwm_bench.datasets import EpisodeDataset
     from pwm_bench.diagnostics import episode_end_errors
 
-    env = make_env("pointmass", 4, "cpu", init_range=1.0, bound=1.5)
-    writer = EpisodeWriter(tmp_path / "ds", env="pointmass", obs_dim=4, act_dim=2, num_envs=4)
-    rec = RecordingEnv(env, writer)
-    rec.reset(seed=0)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(120):
-        rec.step(torch.rand(4, 2, generator=gen) * 2 - 1)
-    rec.close()
+    from .test_datasets import _record_pointmass
+
+    _record_pointmass(tmp_path / "ds", steps=120, num_envs=4, spread=1.0, init_range=1.0, bound=1.5)
     ds = EpisodeDataset(tmp_path / "ds")
     ended = ds.terminated[ds.tr_start + ds.length - 1].bool()
     assert int(ended.sum()) >= 3
