@@ -146,7 +146,9 @@ def model_gradient_alignment(
             alive = alive & ~terminated
         (g_env,) = torch.autograd.grad(ret_env.sum(), a_env)
     a_wm, r_wm = _model_rewards(wm, obs, actions, task)
-    ret_wm = (gamma ** torch.arange(horizon, device=r_wm.device).unsqueeze(1) * r_wm).sum(0)
+    ret_wm = torch.zeros(n, device=actions.device)
+    for t in range(horizon):  # the same sum, in the same order, as the simulator's return
+        ret_wm = ret_wm + gamma**t * r_wm[t]
     (g_wm,) = torch.autograd.grad(ret_wm.sum(), a_wm)
     flat_env, flat_wm = g_env.transpose(0, 1).reshape(n, -1), g_wm.transpose(0, 1).reshape(n, -1)
     cos = torch.nn.functional.cosine_similarity

@@ -437,7 +437,8 @@ def consistency_loss(
 
     The target is detached here (stop-gradient), as in TD-MPC2 and PWM.
     """
-    mse = _batch_mean((z_pred - z_target.detach()).square().mean(dim=2), mask)
+    sq = (z_pred - z_target.detach()).square()
+    mse = sq.mean(dim=(1, 2)) if mask is None else _batch_mean(sq.mean(dim=2), mask)
     return (rho_weights(z_pred.shape[0], rho, z_pred.device) * mse).sum() / z_pred.shape[0]
 
 
@@ -520,8 +521,10 @@ def world_model_loss(
     term = None
     if model.term_head is not None and terminated is not None:
         logit = model.termination_logit(torch.stack(zs), task)
-        bce = F.binary_cross_entropy_with_logits(logit, terminated.float(), reduction="none")
-        term = bce.mean() if mask is None else (bce * mask).mean()
+        if mask is None:
+            term = F.binary_cross_entropy_with_logits(logit, terminated.float())
+        else:
+            term = (F.binary_cross_entropy_with_logits(logit, terminated.float(), reduction="none") * mask).mean()
         total = total + termination_coef * term
         term = term.detach()
     return ModelLosses(total, cons.detach(), rew.detach(), term)
