@@ -86,6 +86,40 @@ def test_actor_loss_gradient_matches_finite_differences_through_the_model() -> N
     assert torch.allclose(actor.mu[-1].bias.grad, report.analytic, rtol=1e-10)
 
 
+class _Bias(torch.nn.Module):
+    """``actor`` with its output bias replaced by ``bias`` (its inputs are what the window feeds it)."""
+
+    def __init__(self, actor: LatentActor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.actor, self.bias = actor, bias
+        self.name = f"mu.{len(actor.mu) - 1}.bias"
+
+    def forward(self, z: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        params = {**dict(self.actor.named_parameters()), self.name: self.bias}
+        return torch.func.functional_call(self.actor, params, (z,), kwargs)
+
+
+def test_attached_actor_input_gives_the_whole_gradient_of_the_window_return() -> None:
+    wm, actor, critics = _parts(dtype=torch.float64)
+    z0 = wm.encode(torch.randn(8, 4, dtype=torch.float64))
+
+    def loss_of(bias: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(3)  # the same exploration noise in every evaluation
+        window, _ = imagine(wm, _Bias(actor, bias), critics, z0, _cfg(detach_actor_input=False))  # type: ignore[arg-type]
+        return window.loss.sum()
+
+    bias = actor.mu[-1].bias.detach().clone()
+    whole = fd_gradient_check(loss_of, bias, eps=1e-6, n_directions=None)
+    assert whole.max_rel_error < 1e-6, whole
+    # the reference's detached input drops the policy's response to the latents it led to: its
+    # gradient is not the derivative of the window's return
+    torch.manual_seed(3)
+    window, _ = imagine(wm, actor, critics, z0, _cfg())
+    window.loss.sum().backward()
+    detached = actor.mu[-1].bias.grad
+    assert (detached - whole.analytic).norm() > 1e-3 * whole.analytic.norm()
+
+
 class _Replay(torch.nn.Module):
     """Plays back recorded actions, whatever the latent."""
 

@@ -75,6 +75,13 @@ class PWMConfig(TrainConfig):
     value_gradient: bool = True
     """Backpropagate the actor loss through the critics' bootstrap values (the reference); False
     treats them as constants, so the actor follows the H-step reward gradient only."""
+    detach_actor_input: bool = neutral(True)
+    """Detach the latent the actor reads in the imagined window (the reference's ``detach: True``):
+    the actor's gradient then flows only through the actions' effect on the model's rewards, latents
+    and bootstraps, as if later actions did not respond to the states earlier ones lead to (an
+    open-loop gradient). False gives the gradient of the window's return as the method writes it,
+    through the policy's response ``π(z_t)`` to every imagined latent as well (closed loop, as SHAC
+    differentiates the simulator)."""
     dynamics: Literal["model", "simulator"] = "model"
     """Online: 'model' imagines through the world model (PWM); 'simulator' rolls the same actor and
     critics through the differentiable env instead (a control that separates optimiser error from

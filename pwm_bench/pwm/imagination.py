@@ -111,7 +111,8 @@ def imagine(
         noise = None
         if closed_loop:  # one ε for the imagined and the real action
             noise = torch.randn(n, actor.log_std.shape[-1], device=z0.device)
-        a = actor(z.detach()) if noise is None else actor(z.detach(), noise=noise)
+        z_in = z.detach() if cfg.detach_actor_input else z
+        a = actor(z_in) if noise is None else actor(z_in, noise=noise)
         if act_mask is not None:
             a = a * act_mask
         real_a = a.detach()
