@@ -317,7 +317,9 @@ def normalized_matrix(
     per_run: Mapping[tuple[str, str], np.ndarray], algo: str, envs: Sequence[str], norm: Mapping[str, float]
 ) -> np.ndarray | None:
     """``(R, len(envs))`` normalised scores of ``algo`` (R = its smallest seed count over ``envs``);
-    None if an env lacks a normaliser or a run."""
+    None if an env lacks a normaliser or a run, or ``envs`` is empty."""
+    if not envs:
+        return None
     cols = []
     for e in envs:
         if e not in norm or (algo, e) not in per_run:

@@ -123,18 +123,24 @@ def plot_curves(col: Collected, scores: Scores, folder: Path) -> list[Path]:
     nrows = int(np.ceil(len(envs) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
     for ax, env in zip(axes.flat, envs, strict=False):
+        drawn = 0
         for a in sel.algos:
             c = scores.curves.get((a, env))
             if c is None:
                 continue
-            ax.plot(c.steps, c.iqm, color=colors[a], label=f"{a} ({c.runs} seeds)", lw=1.6, marker="o", ms=2.5)
+            label = f"{a} ({c.runs} seed{'s' if c.runs != 1 else ''})"
+            ax.plot(c.steps, c.iqm, color=colors[a], label=label, lw=1.6, marker="o", ms=2.5)
             ax.fill_between(c.steps, c.ci[0], c.ci[1], color=colors[a], alpha=0.2, lw=0)
+            drawn += 1
         ax.set_title(env)
         ax.set_xlabel("env steps (measured)")
         ax.set_ylabel("eval return (IQM)")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        if drawn:
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no completed run", ha="center", va="center", transform=ax.transAxes, color="grey")
     for ax in list(axes.flat)[len(envs) :]:
         ax.axis("off")
     fig.suptitle(
@@ -281,6 +287,9 @@ def plot_improvement(col: Collected, scores: Scores, folder: Path, reps: int) ->
     # ranks within each env decide P(X > Y); normalising would not change it
     ones = dict.fromkeys(envs, 1.0)
     envs_p = [e for e in envs if (focus, e) in scores.best]
+    if not envs_p:
+        col.warnings.append(f"improvement: {focus} has no completed run; figure not drawn")
+        return [], {}
     point, ci = probability_of_improvement(scores.best, focus, others, envs_p, ones, reps)
     if not point:
         col.warnings.append("improvement: no baseline shares an env with the focus algorithm; figure not drawn")

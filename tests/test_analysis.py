@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,20 @@ def test_plot_writes_figures_table_and_manifest_and_warns(out: Path) -> None:
     before = {p.name: p.read_bytes() for p in res.files if p.suffix in (".csv", ".md", ".png")}
     again = figures.plot_experiment(sel, out, reps=200)
     assert {p.name: p.read_bytes() for p in again.files if p.suffix in (".csv", ".md", ".png")} == before
+
+
+def test_plot_of_a_sweep_half_done_draws_what_there_is(out: Path) -> None:
+    cells = synthetic_store(out)
+    for (algo, env, _), c in cells.items():
+        if algo == "shac" or env == "pointmass":  # the focus algorithm, and a whole env, not run yet
+            shutil.rmtree(c.run_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty panel draws no legend
+        res = figures.plot_experiment(select(SYNTH, "smoke"), out, reps=50)
+    names = {p.name for p in res.files}
+    assert {"curves.png", "aggregate.png", "profiles.png", "table.csv"} <= names
+    assert "improvement.png" not in names
+    assert "improvement: shac has no completed run; figure not drawn" in res.warnings
 
 
 def test_plot_of_an_empty_store_says_so(out: Path) -> None:
