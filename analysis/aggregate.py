@@ -180,6 +180,19 @@ def iqm(x: np.ndarray) -> float:
     return float(metrics.aggregate_iqm(x))
 
 
+def iqm_interval(x: np.ndarray, reps: int = BOOTSTRAP_REPS) -> tuple[float, tuple[float, float]]:
+    """IQM of per-run scores ``x (R,)`` and its 95 % bootstrap CI (rliable; one task)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    with _bootstrap():
+        point, ci = rly.get_interval_estimates(
+            {"x": np.asarray(x, dtype=float).reshape(-1, 1)}, metrics.aggregate_iqm, reps=reps, random_state=_rs()
+        )
+    lo, hi = np.asarray(ci["x"], dtype=float).reshape(2)
+    return float(np.asarray(point["x"]).reshape(())), (float(lo), float(hi))
+
+
 def curve_matrix(runs: Sequence[RunData]) -> tuple[np.ndarray, np.ndarray]:
     """``(steps (P,), returns (R, P))``: the runs' evaluations on one grid of env steps.
 

@@ -85,6 +85,10 @@ class Experiment:
         extra_metrics: logged training metrics (``metrics.csv`` columns) that the table also
             reports per algorithm and column: each run's median over training, IQM over the seeds
             (blank for algorithms that do not log it).
+        series: algorithm rows that are points of a line against a numeric setting: label →
+            ``(line, x)`` (``"pwm-wm5k": ("pwm", 5000)``); ``plot`` then draws ``series.png|pdf``,
+            each line's final and best-step IQM with 95 % CIs against ``x``.
+        series_axis: the x axis of that figure, with its unit.
     """
 
     name: str
@@ -100,6 +104,8 @@ class Experiment:
     normalize_with: Mapping[str, str] = dataclasses.field(default_factory=dict)
     extra_metrics: tuple[str, ...] = ()
     variants: Mapping[str, tuple[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+    series: Mapping[str, tuple[str, float]] = dataclasses.field(default_factory=dict)
+    series_axis: str = ""
 
     def algo_name(self, label: str) -> str:
         """The registered algorithm of an algorithm row (a variant's algorithm, or the label itself)."""
@@ -321,26 +327,41 @@ WM_BUDGETS = (2_000, 5_000, 20_000, 50_000, 100_000, 250_000)
 """World-model pretraining budgets [gradient steps] of ``wm-budget``: 2k-50k at cpu, 50k-250k at paper."""
 
 
-def _budget_label(steps: int) -> str:
-    return f"pwm-wm{steps // 1000}k"
+def _budget_label(algo: str, steps: int) -> str:
+    return f"{algo}-wm{steps // 1000}k"
 
 
 def _wm_budget() -> Experiment:
-    labels = {b: _budget_label(b) for b in WM_BUDGETS}
+    pwm = {b: _budget_label("pwm", b) for b in WM_BUDGETS}
+    td = {b: _budget_label("tdmpc2", b) for b in WM_BUDGETS}
+
+    def at(*budgets: int) -> tuple[str, ...]:
+        return tuple(pwm[b] for b in budgets) + tuple(td[b] for b in budgets)
+
     return Experiment(
         name="wm-budget",
         description=(
-            "the world-model-budget ablation: PWM policies trained on frozen world models pretrained for "
-            "2k-50k (cpu) or 50k-250k (paper) steps, on the hopper"
+            "the world-model-budget ablation: PWM policies and TD-MPC2's policy-only training on the same frozen "
+            "world models, pretrained for 2k-50k (cpu) or 50k-250k (paper) steps, on the hopper"
         ),
-        algos=tuple(labels.values()),
+        algos=at(*WM_BUDGETS),
         envs=(EnvCase("hopper"),),
-        # every policy gets the same budget on a model that is never fine-tuned
-        variants={lab: ("pwm", {"pretrain_steps": b, "finetune_wm": False}) for b, lab in labels.items()},
+        # every policy gets its preset's budget on a model that is never trained again: PWM with
+        # online fine-tuning off, TD-MPC2 training only its Qs and policy prior (the paper's baseline);
+        # both take PWM's pipeline model of the cell's seed, pretrained for the row's steps
+        variants={
+            **{lab: ("pwm", {"pretrain_steps": b, "finetune_wm": False}) for b, lab in pwm.items()},
+            **{lab: ("tdmpc2", {"policy_only": True, "pwm_pretrain_steps": b}) for b, lab in td.items()},
+        },
+        series={
+            **{lab: ("pwm", b) for b, lab in pwm.items()},
+            **{lab: ("tdmpc2 (policy only)", b) for b, lab in td.items()},
+        },
+        series_axis="world-model pretraining [gradient steps]",
         scales=standard_scales(
-            Scale(preset="smoke", seeds=2, algos=(labels[2_000], labels[5_000])),
-            Scale(preset="cpu", seeds=3, algos=tuple(labels[b] for b in (2_000, 5_000, 20_000, 50_000))),
-            Scale(preset="paper", seeds=5, algos=tuple(labels[b] for b in (50_000, 100_000, 250_000))),
+            Scale(preset="smoke", seeds=2, algos=at(2_000, 5_000)),
+            Scale(preset="cpu", seeds=3, algos=at(2_000, 5_000, 20_000, 50_000)),
+            Scale(preset="paper", seeds=5, algos=at(50_000, 100_000, 250_000)),
         ),
         # the paper's numbers are on DMC tasks (and its PWM points were typed in by hand): nothing to
         # normalise by or compare with on the hopper; raw returns

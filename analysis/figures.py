@@ -42,6 +42,7 @@ from pwm_bench.analysis.aggregate import (
     collect,
     compute_scores,
     iqm,
+    iqm_interval,
     performance_profiles,
     probability_of_improvement,
 )
@@ -421,6 +422,68 @@ def plot_columns(col: Collected, scores: Scores, table: Any, folder: Path) -> li
     return _save(fig, folder, "columns")
 
 
+def plot_series(col: Collected, scores: Scores, folder: Path, reps: int) -> tuple[list[Path], dict[str, Any]]:
+    """``series.png|pdf``: for experiments whose rows are points of lines against a numeric setting
+    (``Experiment.series``, e.g. the world model's pretraining steps), per env column the final and
+    the best-step return of each line against that setting: IQM over seeds with 95 % stratified
+    bootstrap CIs as error bars (rliable), dots for single runs. Returns the files and the plotted numbers."""
+    import matplotlib.pyplot as plt
+
+    sel = col.selection
+    exp = sel.experiment
+    lines: dict[str, list[tuple[float, str]]] = {}
+    for a in sel.algos:
+        if a in exp.series:
+            name, x = exp.series[a]
+            lines.setdefault(name, []).append((float(x), a))
+    envs = [c.name for c in sel.envs]
+    colors = _colors(list(lines))
+    fig, axes = plt.subplots(len(envs), 2, figsize=(9.0, 3.4 * len(envs)), squeeze=False)
+    numbers: dict[str, Any] = {}
+    for row, env in zip(axes, envs, strict=True):
+        for ax, (what, per_run) in zip(row, (("final", scores.final), ("best-step", scores.best)), strict=True):
+            drawn = 0
+            for name, points in lines.items():
+                xs, ys, lo, hi = [], [], [], []
+                for x, a in sorted(points):
+                    runs = per_run.get((a, env))
+                    if runs is None or len(runs) == 0:
+                        continue
+                    point, ci = iqm_interval(runs, reps)
+                    xs.append(x)
+                    ys.append(point)
+                    lo.append(ci[0])
+                    hi.append(ci[1])
+                    ax.plot([x] * len(runs), runs, ".", color=colors[name], alpha=0.5, ms=5)
+                    numbers.setdefault(env, {}).setdefault(what, {})[a] = {
+                        "x": x,
+                        "iqm": point,
+                        "ci": [ci[0], ci[1]],
+                        "runs": len(runs),
+                    }
+                if xs:
+                    seeds = sorted({len(per_run[(a, env)]) for _, a in points if (a, env) in per_run})
+                    label = f"{name} ({'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''})"
+                    y, err = np.array(ys), np.array([np.array(ys) - lo, np.array(hi) - ys])
+                    ax.errorbar(xs, y, yerr=err, fmt="-o", color=colors[name], label=label, ms=5, lw=1.5, capsize=3)
+                    drawn += 1
+            ax.set_xscale("log")
+            ax.set_xlabel(exp.series_axis or "setting")
+            ax.set_ylabel(f"{what} eval return (IQM)")
+            ax.set_title(f"{env}: {what} evaluation", fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+            if drawn:
+                ax.legend(fontsize=7, loc="best")
+            else:
+                ax.text(0.5, 0.5, "no completed run", ha="center", va="center", transform=ax.transAxes, color="grey")
+    fig.suptitle(
+        f"{exp.name} ({sel.scale}, preset {sel.preset}): IQM over seeds, bars 95 % bootstrap CI, dots single runs",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return _save(fig, folder, "series"), numbers
+
+
 def _metric_medians(runs: Sequence[Any], metric: str) -> list[float]:
     """Each run's median of logged ``metric`` (runs that do not log it are left out)."""
     from pwm_bench.store import load_metrics
@@ -550,6 +613,10 @@ def plot_experiment(sel: Selection, out: Path, reps: int = BOOTSTRAP_REPS) -> Pl
         table = score_table(col, scores)
         if sel.experiment.extra_metrics:
             files += plot_columns(col, scores, table, folder)
+        if sel.experiment.series:
+            series_files, series_numbers = plot_series(col, scores, folder, reps)
+            files += series_files
+            numbers["series"] = series_numbers
         atomic_write_text(folder / "table.csv", table.to_csv(index=False))
         atomic_write_text(folder / "table.md", _markdown(table, sel))
         files += [folder / "table.csv", folder / "table.md"]

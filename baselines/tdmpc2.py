@@ -32,6 +32,17 @@ Deliberate differences from the reference, documented where they act:
   the reference's default (non-episodic) mode rejects. Termination flags from the data always cut
   the TD target; the learned termination head masks planned returns.
 
+**Policy-only mode** (``policy_only=true``): the paper's baseline for its world-model-budget ablation
+(the TD-MPC2 fork's policy-training branch). A pretrained PWM world model is loaded and frozen; its
+encoder, dynamics and reward (decoded to env units) drive the model rollouts of the updates and of
+MPPI, and only the Q ensemble (value loss alone: consistency and reward losses are removed) and
+the policy prior learn, on data the agent collects as usual. The model is ``world_model`` (a
+folder, or a name under the results root's ``world_models/``) or, when that is unset, PWM's own
+pipeline model for the run's env, seed and preset (built and cached exactly as ``pwm`` builds it,
+so a ``pwm`` run with the same ``pretrain_steps`` uses the same file), pretrained for
+``pwm_pretrain_steps`` steps. Planned returns are cut at predicted terminations only when that
+model has a termination head (PWM's ``wm_termination``); TD targets use the data's terminations.
+
 Shapes in comments: ``N`` worlds, ``S`` planning samples, ``P`` policy samples, ``E`` elites, ``H``
 horizon, ``A`` action size, ``L`` latent size, ``B`` batch, ``O`` obs size.
 """
@@ -50,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pwm_bench.algos import Algorithm
-from pwm_bench.config import TrainConfig
+from pwm_bench.config import TrainConfig, neutral
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError, unknown_choice
 from pwm_bench.replay import WindowReplay
@@ -145,6 +156,13 @@ class TDMPC2Config(TrainConfig):
     """Lower clamp of the MPPI standard deviation."""
     max_std: float = 2.0
     """Initial and upper clamp of the MPPI standard deviation."""
+    policy_only: bool = neutral(False)
+    """Train only the Qs and the policy prior on a frozen pretrained PWM world model (see the module doc)."""
+    world_model: str | None = neutral(None)
+    """Policy-only mode: the frozen PWM world model (folder, or name under the root's ``world_models/``);
+    None takes PWM's pipeline model for this env, seed and preset."""
+    pwm_pretrain_steps: int | None = neutral(None)
+    """Policy-only mode without ``world_model``: pretraining steps of PWM's pipeline model (None: PWM's preset)."""
 
     def preset_overrides(self, preset: str, env: str) -> dict[str, Any]:
         if preset == "smoke":
@@ -222,6 +240,10 @@ class TDMPC2Config(TrainConfig):
             raise UsageError("config 'updates_per_env_step' and 'seed_steps' must be non-negative")
         if self.iterations is not None and self.iterations < 1:
             raise UsageError(f"config 'iterations' must be at least 1, got {self.iterations}")
+        if not self.policy_only and (self.world_model is not None or self.pwm_pretrain_steps is not None):
+            raise UsageError("config 'world_model' and 'pwm_pretrain_steps' need policy_only=true")
+        if self.pwm_pretrain_steps is not None and self.pwm_pretrain_steps <= 0:
+            raise UsageError(f"config 'pwm_pretrain_steps' must be positive, got {self.pwm_pretrain_steps}")
 
     def world_model_config(self) -> Any:
         """The :class:`~pwm_bench.world_model.WorldModelConfig` this agent builds."""
@@ -344,6 +366,41 @@ class RunningScale(nn.Module):
         return x / self.value
 
 
+class FrozenLatentModel(nn.Module):
+    """A pretrained PWM world model as TD-MPC2's latent dynamics, never trained (policy-only mode).
+
+    ``encode``, ``next`` and ``termination_logit`` are the model's; ``reward`` is decoded to env units
+    (the model predicts ``(r - shift) / scale``), as TD-MPC2's two-hot reward is.
+    """
+
+    def __init__(self, wm: WorldModel) -> None:
+        super().__init__()
+        self.wm = wm.requires_grad_(False).eval()
+
+    @property
+    def has_termination(self) -> bool:
+        return self.wm.term_head is not None
+
+    def train(self, mode: bool = True) -> FrozenLatentModel:
+        return super().train(False)  # always in eval mode (no dropout)
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Latents ``(..., L)`` of observations ``(..., O)``."""
+        return self.wm.encode(obs)
+
+    def next(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Next latents ``(..., L)``."""
+        return self.wm.next(z, a)
+
+    def reward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Predicted rewards ``(...)`` in env units."""
+        return self.wm.reward_to_env(self.wm.reward(z, a))
+
+    def termination_logit(self, z: torch.Tensor) -> torch.Tensor:
+        """Logit ``(...)`` of the model's termination head."""
+        return self.wm.termination_logit(z)
+
+
 class TDMPC2Agent(nn.Module):
     """World model, target Qs, value scale, optimisers and the update/plan steps of TD-MPC2.
 
@@ -352,24 +409,57 @@ class TDMPC2Agent(nn.Module):
         act_dim: action size A.
         cfg: hyperparameters.
         discount: discount γ.
+        frozen: policy-only mode: the pretrained PWM world model that encodes, rolls out and predicts
+            rewards (frozen); the agent's own model then trains only its Qs and policy prior.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: TDMPC2Config, discount: float) -> None:
+    def __init__(
+        self, obs_dim: int, act_dim: int, cfg: TDMPC2Config, discount: float, frozen: WorldModel | None = None
+    ) -> None:
         super().__init__()
         self.cfg, self.discount, self.act_dim = cfg, discount, act_dim
-        self.model = WorldModel(obs_dim, act_dim, cfg.world_model_config())
+        wm_cfg = cfg.world_model_config()
+        self.frozen: FrozenLatentModel | None = None
+        if frozen is not None:
+            if (frozen.obs_dim, frozen.act_dim) != (obs_dim, act_dim):
+                raise UsageError(
+                    f"the frozen world model is for observations of {frozen.obs_dim} and actions of "
+                    f"{frozen.act_dim}; this env has {obs_dim} and {act_dim}"
+                )
+            if frozen.task_emb is not None:
+                raise UsageError("policy-only TD-MPC2 takes a single-task world model, not a multi-task one")
+            # the Qs and the prior read the frozen model's latents; no termination head of their own
+            wm_cfg = dataclasses.replace(wm_cfg, latent_dim=frozen.cfg.latent_dim, termination=False)
+            self.frozen = FrozenLatentModel(frozen)
+        self.model = WorldModel(obs_dim, act_dim, wm_cfg)
         self.target_qs = copy.deepcopy(self.model.qs).requires_grad_(False).eval()
         self.scale = RunningScale(cfg.tau)
         m = self.model
-        enc = list(m.encoder.parameters())
-        enc_ids = {id(p) for p in enc}
-        pi_ids = {id(p) for p in m.pi.parameters()}
-        rest = [p for p in m.parameters() if id(p) not in enc_ids and id(p) not in pi_ids]
-        self.optim = torch.optim.Adam([{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr)
+        if self.frozen is not None:
+            # TD-MPC2's policy-only training: the value loss alone, on the Qs alone
+            self.optim = torch.optim.Adam(m.qs.parameters(), lr=cfg.lr)
+        else:
+            enc = list(m.encoder.parameters())
+            enc_ids = {id(p) for p in enc}
+            pi_ids = {id(p) for p in m.pi.parameters()}
+            rest = [p for p in m.parameters() if id(p) not in enc_ids and id(p) not in pi_ids]
+            self.optim = torch.optim.Adam(
+                [{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr
+            )
         self.pi_optim = torch.optim.Adam(m.pi.parameters(), lr=cfg.lr, eps=1e-5)
         iters = cfg.iterations if cfg.iterations is not None else (8 if act_dim >= 20 else 6)
         self.mppi_cfg = MPPIConfig(iters, cfg.num_samples, cfg.num_elites, cfg.temperature, cfg.min_std, cfg.max_std)
         self.model.eval()
+
+    @property
+    def dyn(self) -> Any:
+        """What encodes, rolls out and predicts rewards: the frozen model, else the agent's own."""
+        return self.frozen if self.frozen is not None else self.model
+
+    @property
+    def masks_terminations(self) -> bool:
+        """Whether planned returns stop at predicted terminations (episodic, and a head to predict them)."""
+        return self.cfg.episodic and (self.frozen is None or self.frozen.has_termination)
 
     # -- value estimates ----------------------------------------------------------------------------
 
@@ -398,13 +488,14 @@ class TDMPC2Agent(nn.Module):
         g = torch.zeros(z.shape[0], device=z.device)
         disc = 1.0
         alive = torch.ones_like(g)
+        dyn, mask = self.dyn, self.masks_terminations
         for t in range(actions.shape[1]):
-            r = self.model.reward(z, actions[:, t])
-            z = self.model.next(z, actions[:, t])
+            r = dyn.reward(z, actions[:, t])
+            z = dyn.next(z, actions[:, t])
             g = g + disc * alive * r
             disc *= self.discount
-            if self.cfg.episodic:
-                alive = alive * (self.model.termination_logit(z) <= 0).float()
+            if mask:
+                alive = alive * (dyn.termination_logit(z) <= 0).float()
         a_h, _ = self.model.policy(z)
         return g + disc * alive * self.q_value(z, a_h, "avg")
 
@@ -414,7 +505,7 @@ class TDMPC2Agent(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MPPI action ``(N, A)`` and final mean ``(N, H, A)`` for observations ``obs (N, O)``."""
         n, h, a = obs.shape[0], self.cfg.horizon, self.act_dim
-        z = self.model.encode(obs)
+        z = self.dyn.encode(obs)
         p = self.cfg.num_pi_trajs
         pi_actions = None
         if p:
@@ -424,7 +515,7 @@ class TDMPC2Agent(nn.Module):
                 act, _ = self.model.policy(zp)
                 seq.append(act)
                 if t < h - 1:
-                    zp = self.model.next(zp, act)
+                    zp = self.dyn.next(zp, act)
             pi_actions = torch.stack(seq, 1).reshape(n, p, h, a)
         s = self.mppi_cfg.num_samples
         zs = z.repeat_interleave(s, dim=0)
@@ -450,7 +541,7 @@ class TDMPC2Agent(nn.Module):
         """Action ``(N, A)`` (planned, or from the prior when ``mpc`` is off) and the new planner memory."""
         if self.cfg.mpc:
             return self.plan(obs, prev_mean, explore)
-        action, _ = self.model.policy(self.model.encode(obs), deterministic=not explore)
+        action, _ = self.model.policy(self.dyn.encode(obs), deterministic=not explore)
         return action, None
 
     # -- learning -----------------------------------------------------------------------------------
@@ -459,33 +550,42 @@ class TDMPC2Agent(nn.Module):
         self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """One model update and one policy-prior update on windows ``obs (H+1, B, O)``, ``action (H, B, A)``,
-        ``reward (H, B)``, ``terminated (H, B)``; returns detached scalar metrics."""
-        cfg, m = self.cfg, self.model
-        h = action.shape[0]
+        ``reward (H, B)``, ``terminated (H, B)``; returns detached scalar metrics.
+
+        In policy-only mode the latents come from the frozen model and the update is the Q (value)
+        loss alone, on the Qs alone."""
+        cfg, m, dyn = self.cfg, self.model, self.dyn
+        full = self.frozen is None
         with torch.no_grad():
-            next_z = m.encode(obs[1:])
+            next_z = dyn.encode(obs[1:])
             next_a, _ = m.policy(next_z)
             td = reward + self.discount * (1.0 - terminated) * self.q_value(next_z, next_a, "min", target=True)
 
         m.train()
-        z = m.encode(obs[0])
-        zs = [z]
-        for t in range(h):
-            z = m.next(z, action[t])
-            zs.append(z)
-        z_all = torch.stack(zs)  # (H+1, B, L)
-        consistency = consistency_loss(z_all[1:], next_z, cfg.rho)
-        rew = reward_loss(m, m.reward_logits(z_all[:-1], action), reward, cfg.rho)
+        with torch.set_grad_enabled(full):
+            z = dyn.encode(obs[0])
+            zs = [z]
+            for t in range(action.shape[0]):
+                z = dyn.next(z, action[t])
+                zs.append(z)
+            z_all = torch.stack(zs)  # (H+1, B, L)
+        losses: dict[str, torch.Tensor] = {}
+        if full:
+            losses["consistency"] = consistency_loss(z_all[1:], next_z, cfg.rho)
+            losses["reward"] = reward_loss(m, m.reward_logits(z_all[:-1], action), reward, cfg.rho)
         q_logits = m.q_logits(z_all[:-1], action)  # (Q, H, B, K)
         value = torch.stack([reward_loss(m, q, td, cfg.rho) for q in q_logits]).mean()
-        total = cfg.consistency_coef * consistency + cfg.reward_coef * rew + cfg.value_coef * value
-        term = torch.zeros((), device=obs.device)
-        if cfg.episodic:
-            term = F.binary_cross_entropy_with_logits(m.termination_logit(z_all[1:]), terminated)
-            total = total + cfg.termination_coef * term
+        losses["value"] = value
+        total = cfg.value_coef * value
+        if full:
+            total = cfg.consistency_coef * losses["consistency"] + cfg.reward_coef * losses["reward"] + total
+            losses["termination"] = torch.zeros((), device=obs.device)
+            if cfg.episodic:
+                losses["termination"] = F.binary_cross_entropy_with_logits(m.termination_logit(z_all[1:]), terminated)
+                total = total + cfg.termination_coef * losses["termination"]
         self.optim.zero_grad(set_to_none=True)
         total.backward()
-        grad_norm = nn.utils.clip_grad_norm_(m.parameters(), cfg.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(m.parameters() if full else m.qs.parameters(), cfg.grad_clip)
         self.optim.step()
 
         pi_loss, pi_grad, entropy = self._update_pi(z_all.detach())
@@ -494,10 +594,7 @@ class TDMPC2Agent(nn.Module):
                 tp.lerp_(p, cfg.tau)
         m.eval()
         return {
-            "loss/consistency": consistency.detach(),
-            "loss/reward": rew.detach(),
-            "loss/value": value.detach(),
-            "loss/termination": term.detach(),
+            **{f"loss/{k}": v.detach() for k, v in losses.items()},
             "loss/total": total.detach(),
             "loss/actor": pi_loss,
             "grad_norm/model": grad_norm.detach(),
@@ -577,7 +674,14 @@ def train(env: VecEnv, cfg: TDMPC2Config, run: Run) -> TDMPC2Policy:
         else discount_heuristic(episode_length, cfg.discount_min, cfg.discount_max)
     )
     seed_steps = cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * (episode_length or 200))
-    agent = TDMPC2Agent(obs_dim, act_dim, cfg, discount).to(device)
+    frozen = None
+    if cfg.policy_only:
+        from pwm_bench.pretrain import load_world_model
+
+        if cfg.world_model is None:
+            raise UsageError("policy-only TD-MPC2 needs a world model: run through pwm-bench or set world_model")
+        frozen = load_world_model(cfg.world_model, device)
+    agent = TDMPC2Agent(obs_dim, act_dim, cfg, discount, frozen).to(device)
     replay = WindowReplay(min(cfg.buffer_size, cfg.total_steps), n, obs_dim, act_dim, device)
     policy = TDMPC2Policy(agent)
     update_credit, updates, seeded = 0.0, 0, False
@@ -660,9 +764,34 @@ def train(env: VecEnv, cfg: TDMPC2Config, run: Run) -> TDMPC2Policy:
     return policy
 
 
+def prepare(cfg: TDMPC2Config, ctx: Any) -> TDMPC2Config:
+    """Policy-only mode: resolve ``world_model``, or build (or reuse) PWM's pipeline model for the run's
+    env, seed and preset with ``pwm_pretrain_steps`` of pretraining. Other runs are left as they are."""
+    if not cfg.policy_only:
+        return cfg
+    from pathlib import Path
+
+    from pwm_bench.pwm import PWMConfig, resolve_artefact
+    from pwm_bench.pwm import prepare as pwm_prepare
+
+    cfg = copy.deepcopy(cfg)
+    if cfg.world_model is not None:
+        cfg.world_model = str(resolve_artefact(cfg.world_model, "world_models", Path(ctx.out)))
+        return cfg
+    if ctx.env.startswith("mt:"):
+        raise UsageError("policy-only TD-MPC2 trains on one env, not a task set")
+    pwm_cfg = PWMConfig.from_preset(ctx.preset, ctx.env)
+    if cfg.pwm_pretrain_steps is not None:
+        pwm_cfg.pretrain_steps = cfg.pwm_pretrain_steps
+    pwm_cfg.validate()
+    cfg.world_model = pwm_prepare(pwm_cfg, ctx).world_model
+    return cfg
+
+
 ALGORITHM = Algorithm(
     name="tdmpc2",
     config=TDMPC2Config,
     train=train,
+    prepare=prepare,
     description="TD-MPC2: implicit world model + MPPI planning, batched over worlds (Hansen et al. 2024)",
 )

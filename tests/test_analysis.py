@@ -173,6 +173,43 @@ def test_plot_of_a_sweep_half_done_draws_what_there_is(out: Path) -> None:
     assert "improvement: shac has no completed run; figure not drawn" in res.warnings
 
 
+SERIES = Experiment(
+    name="test-series",
+    description="test only",
+    algos=("ppo-a", "ppo-b", "shac-a", "shac-b"),
+    envs=(EnvCase("hopper"),),
+    scales={"smoke": Scale(preset="smoke", seeds=4)},
+    variants={f"{a}-{v}": (a, {"eval_episodes": n}) for a in ("ppo", "shac") for v, n in (("a", 3), ("b", 4))},
+    series={"ppo-a": ("ppo", 1e3), "ppo-b": ("ppo", 1e4), "shac-a": ("shac", 1e3), "shac-b": ("shac", 1e4)},
+    series_axis="setting [steps]",
+    normalizer=None,
+    focus=None,
+)
+
+
+def test_plot_draws_each_series_against_its_setting(out: Path) -> None:
+    sel = select(SERIES, "smoke")
+    cells = aggregate.selection_cells(sel, out)
+    for c in cells:
+        if c.algo_label == "shac-b":
+            continue  # one point of the shac line has no run yet
+        factor = {"ppo-a": 1.0, "ppo-b": 2.0, "shac-a": 3.0}[c.algo_label]
+        write_run(c, STEPS, [factor * r for r in PPO_RETURNS[c.seed]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = figures.plot_experiment(sel, out, reps=200)
+    assert {"series.png", "series.pdf"} <= {p.name for p in res.files}
+    numbers = json.loads((res.folder / "manifest.json").read_text())["numbers"]["series"]["hopper"]
+    final, best = numbers["final"], numbers["best-step"]
+    assert set(final) == {"ppo-a", "ppo-b", "shac-a"}
+    assert final["ppo-b"]["x"] == 1e4 and final["ppo-b"]["runs"] == 4
+    assert final["ppo-a"]["iqm"] == pytest.approx(5.0) and final["ppo-b"]["iqm"] == pytest.approx(10.0)
+    # best step: each run's return where the row's IQM peaks (200: 20, 10, 40, 12 for ppo-a)
+    assert best["shac-a"]["iqm"] == pytest.approx(3.0 * 16.0)
+    lo, hi = best["ppo-a"]["ci"]
+    assert lo <= 16.0 <= hi and lo < hi
+
+
 def test_plot_of_an_empty_store_says_so(out: Path) -> None:
     res = figures.plot_experiment(select(SYNTH, "smoke"), out, reps=10)
     assert res.table is None

@@ -22,7 +22,7 @@ from pwm_bench.config import apply_overrides
 from pwm_bench.errors import UsageError
 from pwm_bench.replay import WindowReplay
 from pwm_bench.runner import RunRequest, execute
-from pwm_bench.world_model import rho_weights, two_hot
+from pwm_bench.world_model import WorldModel, WorldModelConfig, rho_weights, two_hot
 
 from .conftest import run_inprocess
 from .test_run import SignalAt
@@ -229,6 +229,91 @@ def test_config_validation_names_the_bad_field() -> None:
         apply_overrides(TDMPC2Config(), {"model_size": "pwm"}).validate()
     with pytest.raises(UsageError, match="num_q"):
         apply_overrides(TDMPC2Config(), {"num_q": 1}).validate()
+
+
+def _pwm_model(obs_dim: int = 5, termination: bool = False) -> WorldModel:
+    """A small scalar-reward PWM model with non-trivial weights, predicting rewards as ``(r - 1) / 2``."""
+    wm = WorldModel(
+        obs_dim, 2, WorldModelConfig(latent_dim=16, enc_hidden=(32,), mlp_hidden=(32, 32), termination=termination)
+    )
+    with torch.no_grad():
+        for p in wm.parameters():
+            p.normal_(0.0, 0.3)
+    wm.set_reward_stats(shift=1.0, scale=2.0)
+    return wm
+
+
+def _policy_only_agent(frozen: WorldModel, **over: object) -> TDMPC2Agent:
+    cfg = apply_overrides(TDMPC2Config(), {**TINY, "policy_only": True, **over})
+    cfg.validate()
+    return TDMPC2Agent(5, 2, cfg, discount=0.9, frozen=frozen)
+
+
+def test_policy_only_trains_the_qs_and_the_prior_on_a_frozen_model() -> None:
+    torch.manual_seed(0)
+    frozen = _pwm_model()
+    frozen_before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    agent = _policy_only_agent(frozen, lr=3e-3)
+    assert agent.model.cfg.latent_dim == 16 and agent.model.term_head is None
+    own = {k: v.clone() for k, v in agent.model.state_dict().items()}
+    h, b = 3, 32
+    obs = torch.randn(h + 1, b, 5)
+    action = torch.rand(h, b, 2) * 2 - 1
+    reward = obs[:-1, :, 0] + action[..., 0]
+    term = torch.zeros(h, b)
+    first = agent.update(obs, action, reward, term)
+    for _ in range(60):
+        last = agent.update(obs, action, reward, term)
+    assert "loss/consistency" not in last and "loss/reward" not in last
+    assert last["loss/value"] < first["loss/value"]
+    # the pretrained model is never trained, nor the agent's own encoder, dynamics and reward
+    assert all(torch.equal(v, frozen_before[k]) for k, v in frozen.state_dict().items())
+    after = agent.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in own.items() if not k.startswith(("qs.", "pi."))), "trained"
+    assert any(not torch.equal(after[k], own[k]) for k in own if k.startswith("qs."))
+    assert any(not torch.equal(after[k], own[k]) for k in own if k.startswith("pi."))
+    assert not frozen.training and not agent.model.training
+
+
+@pytest.mark.parametrize("termination", [False, True])
+def test_policy_only_plans_with_the_frozen_models_rewards_in_env_units(termination: bool) -> None:
+    torch.manual_seed(0)
+    frozen = _pwm_model(termination=termination)
+    with torch.no_grad():  # the model predicts 0.5 everywhere, i.e. an env reward of 0.5 * 2 + 1 = 2
+        frozen.reward_head[-1].weight.zero_()
+        frozen.reward_head[-1].bias.fill_(0.5)
+        if termination:  # and, when it has the head, that every step ends the episode
+            frozen.term_head[-1].weight.zero_()
+            frozen.term_head[-1].bias.fill_(5.0)
+    agent = _policy_only_agent(frozen)  # Q heads start at zero weights: Q = 0
+    obs = torch.randn(4, 5)
+    z = agent.dyn.encode(obs)
+    assert torch.equal(z, frozen.encode(obs))  # the frozen model encodes, not the agent's own encoder
+    g = agent.estimate_value(z, torch.rand(4, 3, 2) * 2 - 1)
+    expected = 2.0 if termination else 2.0 * (1 + 0.9 + 0.81)
+    assert torch.allclose(g, torch.full((4,), expected), atol=1e-5)
+
+
+def test_policy_only_checks_its_model_and_its_options() -> None:
+    with pytest.raises(UsageError, match="observations of 6"):
+        _policy_only_agent(_pwm_model(obs_dim=6))
+    with pytest.raises(UsageError, match="policy_only"):
+        apply_overrides(TDMPC2Config(), {"world_model": "m"}).validate()
+    with pytest.raises(UsageError, match="pwm_pretrain_steps"):
+        apply_overrides(TDMPC2Config(), {"policy_only": True, "pwm_pretrain_steps": 0}).validate()
+
+
+def test_policy_only_run_trains_on_the_model_of_pwms_pipeline(out: Path) -> None:
+    pwm = run_inprocess(out, algo="pwm", run_id="p")
+    td = run_inprocess(out, algo="tdmpc2", run_id="t", overrides={"policy_only": "true"})
+    assert pwm.status == td.status == "completed"
+    (model,) = (out / "world_models").iterdir()  # built once, by the first run
+    assert f"world_model: {model}" in (td.run_dir / "config.yaml").read_text()
+    pretrained = torch.load(model / "model.pt", weights_only=False)["model"]
+    ckpt = torch.load(td.run_dir / "checkpoints" / "latest.pt", weights_only=False)["algo_state"]["agent"]
+    assert all(torch.equal(ckpt[f"frozen.wm.{k}"], v) for k, v in pretrained.items())
+    df = pd.read_csv(td.run_dir / "metrics.csv")
+    assert "loss/value" in df.columns and "loss/consistency" not in df.columns
 
 
 def test_tdmpc2_learns_pointmass(out: Path) -> None:
