@@ -374,6 +374,53 @@ def _wm_budget() -> Experiment:
 
 register_experiment(_wm_budget())
 
+PWM_ABLATIONS: dict[str, dict[str, Any]] = {
+    "pwm": {},
+    # the control: PWM's actor-critic on the simulator's dynamics and gradients (optimiser error alone)
+    "pwm-sim": {"dynamics": "simulator"},
+    # the reference's choices (and this project's earlier ones), one at a time against the defaults
+    "pwm-reward-sum": {"wm_reward_coef": 1.0},
+    "pwm-reward-std": {"wm_reward_norm": "standard"},
+    "pwm-frozen-encoder": {"finetune_encoder": False},
+    "pwm-lr-decay": {"wm_lr_schedule": "linear"},
+    "pwm-new-data-only": {"finetune_offline_fraction": 0.0},
+    "pwm-wm-iters-8": {"wm_iterations": 8},
+    "pwm-more-data": {"collect_steps": 1_024_000, "pretrain_steps": 10_000},
+    # the window's whole return gradient, through the policy's response to the imagined latents
+    "pwm-attached": {"detach_actor_input": False},
+    # options beyond the reference
+    "pwm-partial-term": {"wm_windows": "partial", "wm_termination": True},
+    "pwm-action-bound": {"action_bound_coef": 1.0},
+    "pwm-no-value-grad": {"value_gradient": False},
+}
+"""Rows of ``pwm-ablations``: label -> PWM overrides (see docs/pwm.md for what each one changes)."""
+
+
+def _pwm_ablations() -> Experiment:
+    labels = tuple(PWM_ABLATIONS)
+    return Experiment(
+        name="pwm-ablations",
+        description=(
+            "why PWM does or does not beat SHAC on the hopper: PWM's defaults, its actor-critic on the simulator "
+            "(the control), each of the reference's world-model choices and a few options, one at a time, beside SHAC"
+        ),
+        algos=(*labels, "shac"),
+        envs=(EnvCase("hopper"),),
+        variants={lab: ("pwm", ov) for lab, ov in PWM_ABLATIONS.items() if lab != "pwm"},
+        # smoke: the wiring of a few rows (the control, a re-pretrained model, an option) in minutes
+        scales=standard_scales(
+            Scale(preset="smoke", seeds=2, algos=("pwm", "pwm-sim", "pwm-reward-sum", "pwm-partial-term", "shac"))
+        ),
+        # raw returns: no PPO in the grid; probability of improvement of the defaults over each row
+        normalizer=None,
+        reference=None,
+        focus="pwm",
+        extra_metrics=("pwm/saturated", "wm/newest_reward", "pwm/grad_cosine"),
+    )
+
+
+register_experiment(_pwm_ablations())
+
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
 """Where the committed tables of published numbers live (``results/reference/`` of the source tree)."""

@@ -309,8 +309,10 @@ def sweep(
         + ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
     )
     if dry_run:
+        wa = max([8, *(len(c.algo_label) for c in cells)])
+        we = max([16, *(len(c.env_label) for c in cells)])
         for c, st in zip(cells, states, strict=True):
-            typer.echo(f"  {st:<11} {c.algo_label:<8} {c.env_label:<16} seed {c.seed}  {c.run_dir}")
+            typer.echo(f"  {st:<11} {c.algo_label:<{wa}} {c.env_label:<{we}} seed {c.seed}  {c.run_dir}")
         return
     parallel = jobs if launcher == "local" else max(1, len(cells))
     display = "bar" if fancy and (launcher == "ray" or jobs > 1) else "log"

@@ -336,6 +336,28 @@ def test_wm_type_runs_pwm_in_three_variants_under_one_algorithm() -> None:
         select(exp, "smoke", algos=["pwm-nope"])
 
 
+def test_pwm_ablations_change_one_thing_at_a_time_and_share_the_defaults_with_single_task() -> None:
+    exp = experiments.get_experiment("pwm-ablations")
+    assert exp.algos[0] == "pwm" and exp.algos[-1] == "shac" and "pwm-sim" in exp.algos
+    sel = select(exp, "cpu")
+    cells = {(c.algo_label, c.seed): c for c in aggregate.selection_cells(sel, Path("r"))}  # raises on a bad key
+    rows = {label for label, _ in cells}
+    assert len({cells[(label, 0)].run_dir for label in rows}) == len(rows)  # every row is a run of its own
+    for label, ov in experiments.PWM_ABLATIONS.items():
+        assert dict(cells[(label, 0)].overrides) == ov
+    # the defaults and SHAC are the very runs of single-task's cpu sweep on the same store
+    main = {
+        (c.algo_label, c.seed): c
+        for c in aggregate.selection_cells(
+            select(experiments.get_experiment("single-task"), "cpu", envs=["hopper"]), Path("r")
+        )
+    }
+    assert (
+        cells[("pwm", 1)].run_dir == main[("pwm", 1)].run_dir
+        and cells[("shac", 2)].run_dir == main[("shac", 2)].run_dir
+    )
+
+
 def test_a_field_at_its_neutral_value_leaves_the_run_id_alone() -> None:
     """Adding a config field whose default keeps the old behaviour (``neutral``) keeps stored run ids;
     any other value is part of the id."""
