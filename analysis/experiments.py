@@ -415,7 +415,9 @@ def _pwm_ablations() -> Experiment:
         normalizer=None,
         reference=None,
         focus="pwm",
-        extra_metrics=("pwm/saturated", "wm/newest_reward", "pwm/grad_cosine"),
+        # pwm/grad_cosine: the H-step reward gradient, model against simulator; pwm/actor_grad_cosine: the
+        # actor's whole update (bootstrap included), model window against simulator window
+        extra_metrics=("pwm/saturated", "wm/newest_reward", "pwm/grad_cosine", "pwm/actor_grad_cosine"),
     )
 
 
