@@ -682,6 +682,7 @@ def train(env: VecEnv, cfg: TDMPC2Config, run: Run) -> TDMPC2Policy:
             raise UsageError("policy-only TD-MPC2 needs a world model: run through pwm-bench or set world_model")
         frozen = load_world_model(cfg.world_model, device)
     agent = TDMPC2Agent(obs_dim, act_dim, cfg, discount, frozen).to(device)
+    model_error = _frozen_model_error(frozen, run)
     replay = WindowReplay(min(cfg.buffer_size, cfg.total_steps), n, obs_dim, act_dim, device)
     policy = TDMPC2Policy(agent)
     update_credit, updates, seeded = 0.0, 0, False
@@ -759,9 +760,24 @@ def train(env: VecEnv, cfg: TDMPC2Config, run: Run) -> TDMPC2Policy:
             metrics["time/plan_ms"] = 1000.0 * plan_time / plan_calls
         if n_upd and update_time > 0:
             metrics["time/updates_per_s"] = n_upd / update_time
+        if model_error is not None:
+            metrics.update(model_error(replay))
         run.log(metrics)
         run.end_iteration(policy, state_fn)
     return policy
+
+
+def _frozen_model_error(frozen: WorldModel | None, run: Run) -> Callable[[WindowReplay], dict[str, float]] | None:
+    """Policy-only mode: the frozen PWM model's losses on the newest windows of every world, measured
+    as a ``pwm`` run of the same preset measures them (``wm/newest_consistency``, ``wm/newest_reward``)."""
+    record = run.config_record or {}
+    if frozen is None or "preset" not in record or "env" not in record:
+        return None
+    from pwm_bench.pwm import PWMConfig
+    from pwm_bench.pwm.single_task import newest_data_losses
+
+    pwm_cfg = PWMConfig.from_preset(record["preset"], record["env"])
+    return lambda replay: newest_data_losses(frozen, replay, pwm_cfg)
 
 
 def prepare(cfg: TDMPC2Config, ctx: Any) -> TDMPC2Config:

@@ -314,6 +314,8 @@ def test_policy_only_run_trains_on_the_model_of_pwms_pipeline(out: Path) -> None
     assert all(torch.equal(ckpt[f"frozen.wm.{k}"], v) for k, v in pretrained.items())
     df = pd.read_csv(td.run_dir / "metrics.csv")
     assert "loss/value" in df.columns and "loss/consistency" not in df.columns
+    # the frozen model's error on the newest data, as PWM's rows of wm-budget log it
+    assert df["wm/newest_reward"].notna().any() and df["wm/newest_consistency"].notna().any()
 
 
 def test_tdmpc2_learns_pointmass(out: Path) -> None:
