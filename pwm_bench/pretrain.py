@@ -33,6 +33,7 @@ import torch
 from pwm_bench.config import neutral, to_dict
 from pwm_bench.datasets import EpisodeDataset, MultiTaskDataset
 from pwm_bench.errors import NonFiniteError, RunInterrupted, UsageError, unknown_choice
+from pwm_bench.nn import adam
 from pwm_bench.progress import Reporter
 from pwm_bench.signals import stop_signals_to
 from pwm_bench.store import (
@@ -204,7 +205,7 @@ def pretrain_world_model(
     torch.manual_seed(cfg.seed)
     model = WorldModel(ds.manifest["obs_dim"], ds.manifest["act_dim"], wm_cfg).to(device)
     model.set_reward_stats(*reward_stats(train, cfg.reward_norm, cfg.reward_clip))
-    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optim = adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     eval_gen_seed = cfg.seed + 1
     rows: list[dict[str, float]] = []

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pwm_bench.errors import UsageError, unknown_choice
+from pwm_bench.nn import Mish
 
 # --------------------------------------------------------------------------------------------------
 # scalar transforms and two-hot regression
@@ -148,11 +149,11 @@ def build_mlp(
         if variant == "relu":
             layers += [nn.Linear(a, b), *([nn.Dropout(p)] if p > 0 else []), nn.ReLU()]
         else:
-            layers.append(NormedLinear(a, b, nn.Mish(), p))
+            layers.append(NormedLinear(a, b, Mish(), p))
     if head == "linear" or variant == "relu":
         layers.append(nn.Linear(dims[-1], out_dim))
     else:
-        layers.append(NormedLinear(dims[-1], out_dim, SimNorm(simnorm_dim) if variant == "simnorm" else nn.Mish()))
+        layers.append(NormedLinear(dims[-1], out_dim, SimNorm(simnorm_dim) if variant == "simnorm" else Mish()))
     return nn.Sequential(*layers)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import NonFiniteError
-from pwm_bench.nn import RunningMeanStd
+from pwm_bench.nn import RunningMeanStd, clip_grad_norm_
 from pwm_bench.pwm.config import LOG_STD_MIN, PWMConfig
 from pwm_bench.pwm.networks import CriticEnsemble, LatentActor
 from pwm_bench.replay import WindowReplay
@@ -218,10 +218,7 @@ def train_critics(
             loss = (critics(xb) - yb).square().mean(dim=1).sum()
             optim.zero_grad(set_to_none=True)
             loss.backward()
-            for p in critics.parameters():
-                if p.grad is not None:
-                    torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-            nn.utils.clip_grad_norm_(critics.parameters(), cfg.critic_grad_clip)
+            clip_grad_norm_(critics.parameters(), cfg.critic_grad_clip, nonfinite_to_zero=True)
             optim.step()
             total += float(loss.detach()) / cfg.num_critics / cfg.critic_batches
     return total

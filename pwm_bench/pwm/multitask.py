@@ -11,7 +11,7 @@ import torch
 
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError
-from pwm_bench.nn import RunningMeanStd
+from pwm_bench.nn import RunningMeanStd, adam
 from pwm_bench.pwm.config import PWMConfig
 from pwm_bench.pwm.imagination import actor_critic_update, imagine, linear_lr
 from pwm_bench.pwm.networks import CriticEnsemble, LatentActor, MultiTaskPolicy, PWMPolicy
@@ -99,8 +99,8 @@ def train_multitask(env: VecEnv, cfg: PWMConfig, run: Run) -> MultiTaskPolicy:
         current.update(
             task=k,
             critics=critics,
-            actor_opt=torch.optim.Adam(actors[k].parameters(), lr=cfg.actor_lr, betas=cfg.betas),
-            critic_opt=torch.optim.Adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas),
+            actor_opt=adam(actors[k].parameters(), lr=cfg.actor_lr, betas=cfg.betas),
+            critic_opt=adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas),
             ret_rms=RunningMeanStd(()).to(device),
         )
 

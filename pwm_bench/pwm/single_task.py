@@ -12,7 +12,7 @@ from torch import nn
 from pwm_bench.datasets import EpisodeDataset
 from pwm_bench.envs.base import VecEnv
 from pwm_bench.errors import UsageError
-from pwm_bench.nn import RunningMeanStd
+from pwm_bench.nn import RunningMeanStd, adam
 from pwm_bench.pwm.config import PWMConfig
 from pwm_bench.pwm.imagination import actor_critic_update, imagine, linear_lr
 from pwm_bench.pwm.networks import CriticEnsemble, LatentActor, PWMPolicy
@@ -180,11 +180,11 @@ def train_single_task(env: VecEnv, cfg: PWMConfig, run: Run) -> PWMPolicy:
     latent = wm.cfg.latent_dim
     actor = LatentActor(latent, env.act_dim, cfg.actor_hidden, cfg.init_log_std).to(device)
     critics = CriticEnsemble(latent, cfg.critic_hidden, cfg.num_critics).to(device)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
-    critic_opt = torch.optim.Adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
+    actor_opt = adam(actor.parameters(), lr=cfg.actor_lr, betas=cfg.betas)
+    critic_opt = adam(critics.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
     finetune = online and cfg.finetune_wm and not simulator
     tuned = [p for n, p in wm.named_parameters() if cfg.finetune_encoder or not n.startswith("encoder.")]
-    wm_opt = torch.optim.Adam(tuned, lr=cfg.wm_lr) if finetune else None
+    wm_opt = adam(tuned, lr=cfg.wm_lr) if finetune else None
     ret_rms = RunningMeanStd(()).to(device)
     # a frozen model (finetune_wm=false) keeps only the newest windows, to report its error on new data
     capacity = min(cfg.replay_size, cfg.total_steps) if finetune else 2 * (cfg.horizon + 1) * env.num_envs
