@@ -558,6 +558,7 @@ def manifest(col: Collected, files: Sequence[Path], numbers: dict[str, Any], out
                 "cell_tag": r.cell.tag,
                 "config_sha1": _config_hash(r.cell.run_dir),
                 "commit": r.summary.get("git_commit") or r.config.get("git_commit"),
+                "resumed_commits": r.config.get("resumed_commits", []),
                 "versions": r.summary.get("versions", {}),
                 "env_steps": r.summary.get("env_steps"),
                 "evaluations": len(r.returns),

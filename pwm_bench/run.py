@@ -575,6 +575,8 @@ class Run:
             "versions": package_versions(),
             "git_commit": cr.get("git_commit"),
         }
+        if cr.get("resumed_commits"):
+            summary["resumed_commits"] = cr["resumed_commits"]
         summary.update(self.extra_summary)
         if error:
             summary["error"] = error

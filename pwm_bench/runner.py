@@ -258,6 +258,26 @@ def _resume_from_checkpoint(run: Run, run_dir: Path) -> None:
     log.info("no checkpoint in %s; starting it from the beginning", run_dir)
 
 
+def _note_commit_of_resume(record: dict[str, Any], env_steps: int) -> None:
+    """Record in ``record`` (the run's ``config.yaml``) that the run goes on under another commit.
+
+    A run started under one commit and resumed under another has trained under both; its
+    ``git_commit`` stays the one it started under, and ``resumed_commits`` lists
+    ``{"git_commit", "env_steps"}`` for each change of commit, at the env step where it resumed.
+    """
+    now = git_commit()
+    previous = record.get("resumed_commits") or []
+    last = previous[-1]["git_commit"] if previous else record.get("git_commit")
+    if now is None or now == last:
+        return
+    record["resumed_commits"] = [*previous, {"git_commit": now, "env_steps": int(env_steps)}]
+    log.warning(
+        "resuming under commit %s, not %s under which the run trained so far (recorded as resumed_commits)",
+        now[:12],
+        (last or "unknown")[:12],
+    )
+
+
 @contextmanager
 def _interrupt_on_sigterm() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt, as SIGINT does, so a stage that saves its state on Ctrl-C
@@ -358,6 +378,7 @@ def _train(
             if removed:
                 log.info("removed %d partial file(s) left by the previous process", removed)
             _resume_from_checkpoint(run, run_dir)
+            _note_commit_of_resume(record, run.env_steps)
         else:  # a new run takes its folder's lock as it creates the folder
             stack.enter_context(run_lock(run_dir))
         return _train_locked(run, algo, env, cfg, record, run_dir, seed, reporter)

@@ -70,6 +70,27 @@ def test_interrupt_then_resume_matches_uninterrupted_budget(out: Path, sig: int)
     assert pd.Series(b["wall_time"]).is_monotonic_increasing
 
 
+def test_a_run_resumed_under_another_commit_records_it(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwm_bench.runner as runner
+
+    monkeypatch.setattr(runner, "git_commit", lambda: "a" * 40)
+    part = run_inprocess(out, overrides=PPO_TINY, run_id="part", reporter=SignalAt(3000))
+    assert part.status == "interrupted"
+    stopped_at = part.summary["env_steps"]
+    monkeypatch.setattr(runner, "git_commit", lambda: "b" * 40)
+    resumed = execute(RunRequest(resume=part.run_dir))
+    assert resumed.status == "completed"
+    config = yaml.safe_load((part.run_dir / "config.yaml").read_text())
+    assert config["git_commit"] == "a" * 40
+    assert config["resumed_commits"] == [{"git_commit": "b" * 40, "env_steps": stopped_at}]
+    assert read_summary(part.run_dir)["resumed_commits"] == config["resumed_commits"]
+    # resumed again under the same commit: nothing new to record
+    again = run_inprocess(out, overrides=PPO_TINY, run_id="again", reporter=SignalAt(3000))
+    monkeypatch.setattr(runner, "git_commit", lambda: "b" * 40)
+    execute(RunRequest(resume=again.run_dir))
+    assert "resumed_commits" not in yaml.safe_load((again.run_dir / "config.yaml").read_text())
+
+
 def test_resume_refuses_changes_and_completed_runs(out: Path) -> None:
     done = run_inprocess(out)
     with pytest.raises(UsageError, match="already completed"):
