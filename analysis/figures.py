@@ -106,12 +106,31 @@ _FIXED_COLORS = ("ppo", "sac", "shac", "tdmpc2", "pwm")
 
 
 def _colors(algos: Sequence[str]) -> dict[str, Any]:
+    """A distinct colour per algorithm: the colour-blind palette's ten, then evenly spaced dark
+    HUSL hues (the colour-blind palette repeats itself after ten, and the ablations have 14 rows)."""
     import seaborn as sns
 
     extra = [a for a in algos if a not in _FIXED_COLORS]
-    palette = sns.color_palette("colorblind", len(_FIXED_COLORS) + len(extra))
     order = list(_FIXED_COLORS) + extra
+    palette = sns.color_palette("colorblind", 10)
+    if len(order) > len(palette):
+        palette = palette + sns.husl_palette(len(order) - len(palette), l=0.4, s=0.95)
     return {a: palette[order.index(a)] for a in algos}
+
+
+_LEGEND_INSIDE = 6
+"""Up to this many entries a legend goes inside its panel; more go beside or below it."""
+
+
+def _panel_legend(ax: Any) -> None:
+    """The panel's legend: inside when short, else below the panel in two columns, off the data."""
+    n = len(ax.get_legend_handles_labels()[0])
+    if n <= _LEGEND_INSIDE:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        # anchored at the panel's bottom edge and pushed down by a fixed pad (in font sizes, about
+        # 36 pt) that clears the tick labels and the axis label whatever the panel's height
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=5.5, ncol=2, frameon=False)
 
 
 def plot_curves(col: Collected, scores: Scores, folder: Path) -> list[Path]:
@@ -139,7 +158,7 @@ def plot_curves(col: Collected, scores: Scores, folder: Path) -> list[Path]:
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
         ax.grid(alpha=0.3)
         if drawn:
-            ax.legend(fontsize=7, loc="best")
+            _panel_legend(ax)
         else:
             ax.text(0.5, 0.5, "no completed run", ha="center", va="center", transform=ax.transAxes, color="grey")
     for ax in list(axes.flat)[len(envs) :]:
@@ -263,7 +282,7 @@ def plot_profiles(col: Collected, scores: Scores, folder: Path, reps: int) -> li
     ax.set_ylabel("fraction of runs with score > τ")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _panel_legend(ax)
     seeds = min(len(v) for k, v in scores.best.items() if k[1] in envs)
     ax.set_title(
         f"{sel.experiment.name} ({sel.scale}): performance profiles over {', '.join(envs)}, >= {seeds} seeds a cell",
@@ -416,9 +435,11 @@ def plot_columns(col: Collected, scores: Scores, table: Any, folder: Path) -> li
         ax.set_xlim(-0.5, len(labels) - 0.5)
         ax.set_ylabel(what if k == 0 else f"{metrics[k - 1]} (median over training)")
         ax.set_title("policy" if k == 0 else metrics[k - 1], fontsize=9)
-        ax.legend(fontsize=7)
     fig.suptitle(f"{sel.experiment.name} ({sel.scale}): IQM over seeds (lines) and single runs (dots)", fontsize=9)
     fig.tight_layout()
+    # one legend for every panel (the same algorithms in each), beside the last one, off the data
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _save(fig, folder, "columns")
 
 
@@ -473,7 +494,7 @@ def plot_series(col: Collected, scores: Scores, folder: Path, reps: int) -> tupl
             ax.set_title(f"{env}: {what} evaluation", fontsize=9)
             ax.grid(alpha=0.3, which="both")
             if drawn:
-                ax.legend(fontsize=7, loc="best")
+                _panel_legend(ax)
             else:
                 ax.text(0.5, 0.5, "no completed run", ha="center", va="center", transform=ax.transAxes, color="grey")
     fig.suptitle(

@@ -578,3 +578,11 @@ def test_rl_ablations_at_smoke_scale_from_a_fresh_store(
         assert table[f"{m} (median)"].notna().any()
     man = json.loads((folder / "manifest.json").read_text())
     assert len(man["runs_used"]) == cells and not man["warnings"]
+
+
+def test_every_row_of_the_largest_experiment_gets_its_own_colour_and_the_fixed_ones_keep_theirs() -> None:
+    algos = list(experiments.get_experiment("pwm-ablations").algos)
+    assert len(algos) > 10
+    colours = figures._colors(algos)
+    assert len({tuple(round(c, 3) for c in colours[a]) for a in algos}) == len(algos)
+    assert figures._colors(["pwm", "shac"]) == {a: colours[a] for a in ("pwm", "shac")}
