@@ -392,6 +392,8 @@ PWM_ABLATIONS: dict[str, dict[str, Any]] = {
     "pwm-partial-term": {"wm_windows": "partial", "wm_termination": True},
     "pwm-action-bound": {"action_bound_coef": 1.0},
     "pwm-no-value-grad": {"value_gradient": False},
+    # the two rows that moved the actor's update most, together
+    "pwm-reward-std-no-value-grad": {"wm_reward_norm": "standard", "value_gradient": False},
 }
 """Rows of ``pwm-ablations``: label -> PWM overrides (see docs/pwm.md for what each one changes)."""
 

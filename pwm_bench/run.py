@@ -590,7 +590,9 @@ class Run:
     def _evaluate(self, policy: Policy, row: dict[str, float]) -> None:
         if self.eval_env is None:
             return
+        t0 = time.monotonic()
         ret, length = evaluate(policy, self.eval_env, seed=self.seed + EVAL_SEED_OFFSET)
+        row["time/eval_s"] = time.monotonic() - t0
         if not math.isfinite(ret):
             raise NonFiniteError(f"non-finite evaluation return {ret} at env step {self.env_steps}")
         row["eval/episode_return"], row["eval/episode_length"] = ret, length

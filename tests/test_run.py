@@ -17,7 +17,7 @@ import yaml
 
 from pwm_bench.errors import UsageError
 from pwm_bench.progress import Reporter
-from pwm_bench.run import NON_DETERMINISTIC_COLUMNS
+from pwm_bench.run import timing_columns
 from pwm_bench.runner import RunRequest, execute
 from pwm_bench.store import atomic_write_text, read_summary, runs_table
 
@@ -41,7 +41,7 @@ def _metrics(run_dir: Path) -> pd.DataFrame:
 
 
 def _deterministic(df: pd.DataFrame) -> pd.DataFrame:
-    return df.drop(columns=[c for c in NON_DETERMINISTIC_COLUMNS if c in df.columns])
+    return df.drop(columns=timing_columns(df.columns))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -127,9 +127,10 @@ def test_same_seed_same_metrics(out: Path, env: str) -> None:
     da, db, dc = (_deterministic(_metrics(r.run_dir)) for r in (a, b, c))
     pd.testing.assert_frame_equal(da, db)
     assert not da.equals(dc)
-    strip = ("wall_time", "time/sps")
     text_a = [line.split(",") for line in (a.run_dir / "metrics.csv").read_text().splitlines()]
     cols = text_a[0]
+    strip = timing_columns(cols)
+    assert {"wall_time", "time/sps", "time/eval_s"} <= set(strip)
     keep = [i for i, c in enumerate(cols) if c not in strip]
     text_b = [line.split(",") for line in (b.run_dir / "metrics.csv").read_text().splitlines()]
     assert [[r[i] for i in keep] for r in text_a] == [[r[i] for i in keep] for r in text_b]
@@ -152,6 +153,9 @@ def test_run_store_layout(out: Path) -> None:
     m = _metrics(res.run_dir)
     for col in ("env_steps", "wall_time", "train/episode_return", "eval/episode_return", "time/sps", "loss/actor"):
         assert col in m.columns
+    # seconds each evaluation took, on its rows only
+    assert (m["time/eval_s"].notna() == m["eval/episode_return"].notna()).all()
+    assert (m["time/eval_s"].dropna() > 0).all()
     assert m["eval/episode_return"].dropna().max() == pytest.approx(summary["best_eval_return"])
     assert m["eval/episode_return"].dropna().iloc[-1] == pytest.approx(summary["final_eval_return"])
     table = runs_table(out)
