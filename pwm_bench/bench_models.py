@@ -1,4 +1,4 @@
-"""Throughput of PWM's learning steps against the same run's matmul roofline (``pwm-bench bench-wm``).
+"""Throughput of PWM's and TD-MPC2's learning steps against the same run's matmul roofline (``pwm-bench bench-wm``).
 
 Three stages of a PWM epoch are timed on random data of an env's sizes, with the preset's networks:
 
@@ -8,6 +8,11 @@ Three stages of a PWM epoch are timed on random data of an env's sizes, with the
   step through it (model and critics frozen, gradients through their activations);
 - ``critic passes``: the critics' ``critic_iterations × critic_batches`` minibatch steps on the
   window's latents.
+
+:func:`bench_tdmpc2` times TD-MPC2's three costs the same way: ``plan`` (one MPPI call for the
+``num_envs`` training worlds, exploration noise on), ``plan (eval)`` (one call for the
+``eval_episodes`` evaluation worlds, the per-step cost of an evaluation) and ``update`` (one model
+update and one policy-prior update on ``batch_size`` windows).
 
 FLOPs per stage come from :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls and
 convolutions, forward and backward), so GFLOP/s is comparable with the reference: a square fp32
@@ -42,6 +47,7 @@ class StageTiming:
 class ModelBenchResult:
     """Timings of one preset: its model's size and batch, the matmul reference and every stage."""
 
+    algo: str
     preset: str
     env: str
     device: str
@@ -87,6 +93,28 @@ def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 10) -> flo
     return 2.0 * n**3 / (ms / 1000.0) / 1e9
 
 
+def _time_stages(
+    fns: tuple[tuple[str, Callable[[], Any]], ...], device: torch.device, repeats: int, gflops_ref: float
+) -> list[StageTiming]:
+    stages = []
+    for name, fn in fns:
+        flop = _flops(fn)
+        ms = _median_ms(fn, device, repeats)
+        rate = flop / (ms / 1000.0) / 1e9
+        stages.append(StageTiming(name, ms, flop / 1e9, rate, rate / gflops_ref))
+    return stages
+
+
+def _env_sizes(env: str) -> tuple[int, int]:
+    from pwm_bench.envs import make_env
+
+    probe = make_env(env, 1, "cpu")
+    try:
+        return probe.obs_dim, probe.act_dim
+    finally:
+        probe.close()
+
+
 def bench_models(
     preset: str = "cpu",
     env: str = "hopper",
@@ -99,7 +127,6 @@ def bench_models(
 
     ``overrides`` are PWM config fields (strings as on the command line, e.g. ``{"wm_batch_size": "256"}``).
     """
-    from pwm_bench.envs import make_env
     from pwm_bench.nn import adam
     from pwm_bench.pwm import CriticEnsemble, LatentActor, PWMConfig
     from pwm_bench.pwm.imagination import imagine, train_critics
@@ -107,9 +134,7 @@ def bench_models(
     from pwm_bench.world_model import WorldModel
 
     dev = torch.device(device)
-    probe = make_env(env, 1, "cpu")
-    obs_dim, act_dim = probe.obs_dim, probe.act_dim
-    probe.close()
+    obs_dim, act_dim = _env_sizes(env)
     torch.manual_seed(seed)
     cfg = PWMConfig.from_preset(preset, env)
     if overrides:
@@ -156,13 +181,14 @@ def bench_models(
         train_critics(critics, critic_opt, latents, targets, cfg)
 
     gflops_ref = matmul_gflops(dev)
-    stages = []
-    for name, fn in (("model step", model_step), ("actor update", actor_update), ("critic passes", critic_passes)):
-        flop = _flops(fn)
-        ms = _median_ms(fn, dev, repeats)
-        rate = flop / (ms / 1000.0) / 1e9
-        stages.append(StageTiming(name, ms, flop / 1e9, rate, rate / gflops_ref))
+    stages = _time_stages(
+        (("model step", model_step), ("actor update", actor_update), ("critic passes", critic_passes)),
+        dev,
+        repeats,
+        gflops_ref,
+    )
     return ModelBenchResult(
+        algo="pwm",
         preset=preset,
         env=env,
         device=str(dev),
@@ -174,4 +200,58 @@ def bench_models(
         matmul_gflops=gflops_ref,
         matmul_n=1024,
         stages=stages,
+    )
+
+
+def bench_tdmpc2(
+    preset: str = "cpu",
+    env: str = "hopper",
+    device: str = "cpu",
+    repeats: int = 10,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+) -> ModelBenchResult:
+    """Time TD-MPC2's planning (training and evaluation worlds) and update for ``preset`` on ``env``'s sizes.
+
+    ``overrides`` are TD-MPC2 config fields (strings as on the command line, e.g. ``{"num_samples": "128"}``).
+    The agent's networks are freshly initialised and the windows random: the work per call is that of
+    a run (planning does the same iterations whatever the values), not its numbers.
+    """
+    from pwm_bench.baselines.tdmpc2 import TDMPC2Agent, TDMPC2Config
+    from pwm_bench.config import apply_overrides
+
+    dev = torch.device(device)
+    obs_dim, act_dim = _env_sizes(env)
+    torch.manual_seed(seed)
+    cfg = TDMPC2Config.from_preset(preset, env)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides, what="tdmpc2 config key")
+    cfg.validate()
+    agent = TDMPC2Agent(obs_dim, act_dim, cfg, 0.99, None).to(dev)
+    h, b = cfg.horizon, cfg.batch_size
+    train_obs = torch.randn(cfg.num_envs, obs_dim, device=dev)
+    eval_obs = torch.randn(cfg.eval_episodes, obs_dim, device=dev)
+    o = torch.randn(h + 1, b, obs_dim, device=dev)
+    a = torch.rand(h, b, act_dim, device=dev) * 2 - 1
+    r, term = torch.randn(h, b, device=dev), torch.zeros(h, b, device=dev)
+
+    fns = (
+        (f"plan ({cfg.num_envs} worlds)", lambda: agent.act(train_obs, None, True)),
+        (f"plan (eval, {cfg.eval_episodes} worlds)", lambda: agent.act(eval_obs, None, False)),
+        ("update", lambda: agent.update(o, a, r, term)),
+    )
+    gflops_ref = matmul_gflops(dev)
+    return ModelBenchResult(
+        algo="tdmpc2",
+        preset=preset,
+        env=env,
+        device=str(dev),
+        threads=torch.get_num_threads(),
+        parameters=sum(p.numel() for p in agent.model.parameters()),
+        batch=b,
+        horizon=h,
+        worlds=cfg.num_envs,
+        matmul_gflops=gflops_ref,
+        matmul_n=1024,
+        stages=_time_stages(fns, dev, repeats, gflops_ref),
     )

@@ -1198,30 +1198,39 @@ def _print_profile(prof: Any) -> None:
 
 @app.command(
     "bench-wm",
-    epilog="Examples:\n\n  pwm-bench bench-wm\n\n  pwm-bench bench-wm --preset cpu,paper --threads 2 --json",
+    epilog=(
+        "Examples:\n\n  pwm-bench bench-wm\n\n  pwm-bench bench-wm --preset cpu,paper --threads 2 --json\n\n"
+        "  pwm-bench bench-wm --algo tdmpc2 --env gym:InvertedPendulum-v5 --preset cpu"
+    ),
 )
 def bench_wm_cmd(
+    algo: Annotated[str, typer.Option(help="pwm | tdmpc2: whose learning steps are timed.")] = "pwm",
     preset: Annotated[str, typer.Option(help="Comma-separated presets whose networks are timed.")] = "cpu,paper",
     env: Annotated[str, typer.Option(help="Env whose observation and action sizes the model gets.")] = "hopper",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     repeats: Annotated[int, typer.Option(help="Timed calls per stage (the median is shown).")] = 10,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch [default: torch's].")] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="PWM config field key=value (e.g. wm_batch_size=256).")
+        list[str] | None,
+        typer.Option("--set", help="Config field of --algo, key=value (e.g. wm_batch_size=256, num_samples=128)."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """Time PWM's model step, imagined actor update and critic passes against a same-run matmul."""
+    """Time PWM's model step, imagined actor update and critic passes (or TD-MPC2's planning and update)
+    against a same-run matmul."""
     import json
 
     from rich.table import Table
 
-    from pwm_bench.bench_models import bench_models
+    from pwm_bench.bench_models import bench_models, bench_tdmpc2
     from pwm_bench.config import PRESETS, parse_set_options
     from pwm_bench.envs import env_spec
     from pwm_bench.runner import resolve_device, set_threads
 
     _setup_logging(False)
+    benches = {"pwm": bench_models, "tdmpc2": bench_tdmpc2}
+    if algo not in benches:
+        raise unknown_choice("bench-wm algorithm", algo, benches)
     presets = _split_names(preset, "--preset") or []
     for p in presets:
         if p not in PRESETS:
@@ -1234,14 +1243,15 @@ def bench_wm_cmd(
     if not 1 <= repeats <= 1000:
         raise UsageError(f"--repeats must be in [1, 1000], got {repeats}")
     overrides = parse_set_options(set_ or [])
-    results = [bench_models(p, env, str(dev), repeats=repeats, overrides=overrides) for p in presets]
+    results = [benches[algo](p, env, str(dev), repeats=repeats, overrides=overrides) for p in presets]
     if json_out:
         typer.echo(json.dumps([r.as_dict() for r in results]))
         return
     for r in results:
         table = Table(
             title=(
-                f"PWM '{r.preset}' on {r.env} sizes, {r.device}, {r.threads} thread(s): model {r.parameters:,} "
+                f"{'PWM' if r.algo == 'pwm' else 'TD-MPC2'} '{r.preset}' on {r.env} sizes, {r.device}, "
+                f"{r.threads} thread(s): model {r.parameters:,} "
                 f"parameters, batch {r.batch}, H {r.horizon}, {r.worlds} worlds; "
                 f"reference {r.matmul_n}² fp32 matmul {r.matmul_gflops:.1f} GFLOP/s"
             )
