@@ -374,26 +374,31 @@ def _wm_budget() -> Experiment:
 
 register_experiment(_wm_budget())
 
+_SCALE: dict[str, Any] = {"wm_reward_norm": "scale"}
+"""The earlier defaults' reward units (``r / σ``, not centred), on which most rows were measured."""
+
 PWM_ABLATIONS: dict[str, dict[str, Any]] = {
+    # the defaults (the reference's reward units) and, against them, the control and one option
     "pwm": {},
     # the control: PWM's actor-critic on the simulator's dynamics and gradients (optimiser error alone)
     "pwm-sim": {"dynamics": "simulator"},
-    # the reference's choices (and this project's earlier ones), one at a time against the defaults
-    "pwm-reward-sum": {"wm_reward_coef": 1.0},
-    "pwm-reward-std": {"wm_reward_norm": "standard"},
-    "pwm-frozen-encoder": {"finetune_encoder": False},
-    "pwm-lr-decay": {"wm_lr_schedule": "linear"},
-    "pwm-new-data-only": {"finetune_offline_fraction": 0.0},
-    "pwm-wm-iters-8": {"wm_iterations": 8},
-    "pwm-more-data": {"collect_steps": 1_024_000, "pretrain_steps": 10_000},
-    # the window's whole return gradient, through the policy's response to the imagined latents
-    "pwm-attached": {"detach_actor_input": False},
-    # options beyond the reference
-    "pwm-partial-term": {"wm_windows": "partial", "wm_termination": True},
-    "pwm-action-bound": {"action_bound_coef": 1.0},
     "pwm-no-value-grad": {"value_gradient": False},
-    # the two rows that moved the actor's update most, together
-    "pwm-reward-std-no-value-grad": {"wm_reward_norm": "standard", "value_gradient": False},
+    # the earlier defaults (reward units r / σ) and, against them, the reference's choices (and this
+    # project's earlier ones) one at a time; the reference's reward units won here and became the defaults
+    "pwm-scale": _SCALE,
+    "pwm-scale-sim": {**_SCALE, "dynamics": "simulator"},
+    "pwm-scale-reward-sum": {**_SCALE, "wm_reward_coef": 1.0},
+    "pwm-scale-frozen-encoder": {**_SCALE, "finetune_encoder": False},
+    "pwm-scale-lr-decay": {**_SCALE, "wm_lr_schedule": "linear"},
+    "pwm-scale-new-data-only": {**_SCALE, "finetune_offline_fraction": 0.0},
+    "pwm-scale-wm-iters-8": {**_SCALE, "wm_iterations": 8},
+    "pwm-scale-more-data": {**_SCALE, "collect_steps": 1_024_000, "pretrain_steps": 10_000},
+    # the window's whole return gradient, through the policy's response to the imagined latents
+    "pwm-scale-attached": {**_SCALE, "detach_actor_input": False},
+    # options beyond the reference
+    "pwm-scale-partial-term": {**_SCALE, "wm_windows": "partial", "wm_termination": True},
+    "pwm-scale-action-bound": {**_SCALE, "action_bound_coef": 1.0},
+    "pwm-scale-no-value-grad": {**_SCALE, "value_gradient": False},
 }
 """Rows of ``pwm-ablations``: label -> PWM overrides (see docs/pwm.md for what each one changes)."""
 
@@ -404,14 +409,19 @@ def _pwm_ablations() -> Experiment:
         name="pwm-ablations",
         description=(
             "why PWM does or does not beat SHAC on the hopper: PWM's defaults, its actor-critic on the simulator "
-            "(the control), each of the reference's world-model choices and a few options, one at a time, beside SHAC"
+            "(the control), each of the reference's world-model choices and a few options, one at a time (against "
+            "the earlier defaults' reward units), beside SHAC"
         ),
         algos=(*labels, "shac"),
         envs=(EnvCase("hopper"),),
         variants={lab: ("pwm", ov) for lab, ov in PWM_ABLATIONS.items() if lab != "pwm"},
         # smoke: the wiring of a few rows (the control, a re-pretrained model, an option) in minutes
         scales=standard_scales(
-            Scale(preset="smoke", seeds=2, algos=("pwm", "pwm-sim", "pwm-reward-sum", "pwm-partial-term", "shac"))
+            Scale(
+                preset="smoke",
+                seeds=2,
+                algos=("pwm", "pwm-sim", "pwm-scale", "pwm-scale-reward-sum", "pwm-scale-partial-term", "shac"),
+            )
         ),
         # raw returns: no PPO in the grid; probability of improvement of the defaults over each row
         normalizer=None,

@@ -73,11 +73,11 @@ class PretrainConfig:
     reward_coef: float | None = None
     """Weight of the reward loss; None is PWM's reference weighting 1/horizon (its reward term is a
     mean over the steps, the consistency term a sum; TD-MPC2: 0.1)."""
-    reward_norm: Literal["scale", "standard", "none"] = "scale"
-    """Reward units of a scalar reward head, from the training split: 'scale' divides by the std
-    (a positive rescaling: every policy keeps its rank, and termination, which ends the return at
-    0, keeps its meaning); 'standard' subtracts the mean, divides by the std and clamps to ±5 (the
-    reference's normaliser); 'none' keeps env units."""
+    reward_norm: Literal["scale", "standard", "none"] = "standard"
+    """Reward units of a scalar reward head, from the training split: 'standard' subtracts the mean,
+    divides by the std and clamps to ±5 (the reference's normaliser, PWM's default); 'scale' only
+    divides by the std (a positive rescaling: every policy keeps its rank, and termination, which
+    ends the return at 0, keeps its meaning); 'none' keeps env units."""
     reward_clip: float | None = None
     """Clamp of the reward units (±reward_clip); None: ±5 for 'standard', no clamp otherwise."""
     holdout: float = 0.05

@@ -356,6 +356,23 @@ def test_pwm_ablations_change_one_thing_at_a_time_and_share_the_defaults_with_si
         cells[("pwm", 1)].run_dir == main[("pwm", 1)].run_dir
         and cells[("shac", 2)].run_dir == main[("shac", 2)].run_dir
     )
+    # the earlier defaults' row is PWM with the earlier reward units, and every row measured against
+    # them keeps those units
+    earlier = {
+        (c.algo_label, c.seed): c
+        for c in aggregate.selection_cells(
+            select(
+                experiments.get_experiment("single-task"),
+                "cpu",
+                algos=["pwm"],
+                envs=["hopper"],
+                overrides={"wm_reward_norm": "scale"},
+            ),
+            Path("r"),
+        )
+    }
+    assert cells[("pwm-scale", 0)].run_dir == earlier[("pwm", 0)].run_dir
+    assert all(ov.get("wm_reward_norm") == "scale" for lab, ov in experiments.PWM_ABLATIONS.items() if "scale" in lab)
 
 
 def test_a_field_at_its_neutral_value_leaves_the_run_id_alone() -> None:

@@ -141,9 +141,9 @@ def test_pretrain_world_model_learns_and_resumes(tmp_path: Path) -> None:
     assert summary["status"] == "completed" and summary["step"] == 150
     df = pd.read_csv(out / "metrics.csv")
     assert df["step"].tolist() == [50, 100, 150]
-    # rewards in units of the data's std: the training error falls by a third or more, and the held-out
-    # error (a few short episodes, so it moves up and down between evaluations) drops below 0.8 of
-    # its first value at a later evaluation
+    # rewards in the reference's units (centred, divided by the std, clamped): the training error
+    # falls by a third or more, and the held-out error (a few short episodes, so it moves up and
+    # down between evaluations) drops below 0.8 of its first value at a later evaluation
     assert df["train/reward"].iloc[-1] < 0.7 * df["train/reward"].iloc[0]
     assert df["heldout/reward"].iloc[1:].min() < 0.8 * df["heldout/reward"].iloc[0]
     with pytest.raises(UsageError, match="--resume"):
@@ -154,6 +154,9 @@ def test_pretrain_world_model_learns_and_resumes(tmp_path: Path) -> None:
     assert df["step"].tolist() == [50, 100, 150, 200, 250]
     model = load_world_model(out)
     assert model.cfg.latent_dim == 32 and not model.training
+    # the reference's units by default: centred on the training split's mean reward (the point mass's
+    # rewards are negative distances), clamped at ±5
+    assert float(model.reward_clip) == 5.0 and float(model.reward_shift) < 0.0
     batch = EpisodeDataset(data).sample(4, 8)
     assert model.reward(model.encode(batch.obs[0]), batch.action[0]).shape == (4,)
 

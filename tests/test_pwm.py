@@ -383,6 +383,9 @@ def test_pipeline_collects_pretrains_trains_and_caches_each_stage(out: Path) -> 
     pretrained = torch.load(models[0] / "model.pt", weights_only=False)["model"]
     ckpt = torch.load(second.run_dir / "checkpoints" / "latest.pt", weights_only=False)["algo_state"]
     tuned = ckpt["wm"]
+    # the reference's reward units (the defaults): centred on the data's mean reward (the point
+    # mass's rewards are negative distances), divided by their std, clamped at ±5
+    assert float(pretrained["reward_clip"]) == 5.0 and float(pretrained["reward_shift"]) < 0.0
     enc = [k for k in pretrained if k.startswith("encoder.") and k.endswith("weight")]
     assert enc and all(not torch.equal(pretrained[k], tuned[k]) for k in enc)
     # and at a constant rate (the reference decays it to lr_min over the run)
