@@ -105,6 +105,36 @@ def _time_stages(
     return stages
 
 
+def _bench(
+    algo: str,
+    preset: str,
+    env: str,
+    device: torch.device,
+    model: torch.nn.Module,
+    batch: int,
+    horizon: int,
+    worlds: int,
+    fns: tuple[tuple[str, Callable[[], Any]], ...],
+    repeats: int,
+) -> ModelBenchResult:
+    """Time ``fns`` against a matmul measured just before them and describe the setting."""
+    gflops_ref = matmul_gflops(device)
+    return ModelBenchResult(
+        algo=algo,
+        preset=preset,
+        env=env,
+        device=str(device),
+        threads=torch.get_num_threads(),
+        parameters=sum(p.numel() for p in model.parameters()),
+        batch=batch,
+        horizon=horizon,
+        worlds=worlds,
+        matmul_gflops=gflops_ref,
+        matmul_n=1024,
+        stages=_time_stages(fns, device, repeats, gflops_ref),
+    )
+
+
 def _env_sizes(env: str) -> tuple[int, int]:
     from pwm_bench.envs import make_env
 
@@ -180,27 +210,8 @@ def bench_models(
     def critic_passes() -> None:
         train_critics(critics, critic_opt, latents, targets, cfg)
 
-    gflops_ref = matmul_gflops(dev)
-    stages = _time_stages(
-        (("model step", model_step), ("actor update", actor_update), ("critic passes", critic_passes)),
-        dev,
-        repeats,
-        gflops_ref,
-    )
-    return ModelBenchResult(
-        algo="pwm",
-        preset=preset,
-        env=env,
-        device=str(dev),
-        threads=torch.get_num_threads(),
-        parameters=sum(p.numel() for p in wm.parameters()),
-        batch=b,
-        horizon=h,
-        worlds=n,
-        matmul_gflops=gflops_ref,
-        matmul_n=1024,
-        stages=stages,
-    )
+    fns = (("model step", model_step), ("actor update", actor_update), ("critic passes", critic_passes))
+    return _bench("pwm", preset, env, dev, wm, b, h, n, fns, repeats)
 
 
 def bench_tdmpc2(
@@ -240,18 +251,4 @@ def bench_tdmpc2(
         (f"plan (eval, {cfg.eval_episodes} worlds)", lambda: agent.act(eval_obs, None, False)),
         ("update", lambda: agent.update(o, a, r, term)),
     )
-    gflops_ref = matmul_gflops(dev)
-    return ModelBenchResult(
-        algo="tdmpc2",
-        preset=preset,
-        env=env,
-        device=str(dev),
-        threads=torch.get_num_threads(),
-        parameters=sum(p.numel() for p in agent.model.parameters()),
-        batch=b,
-        horizon=h,
-        worlds=cfg.num_envs,
-        matmul_gflops=gflops_ref,
-        matmul_n=1024,
-        stages=_time_stages(fns, dev, repeats, gflops_ref),
-    )
+    return _bench("tdmpc2", preset, env, dev, agent.model, b, h, cfg.num_envs, fns, repeats)
