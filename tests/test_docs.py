@@ -49,15 +49,16 @@ def test_every_relative_link_of_the_readme_exists() -> None:
     assert local and all((REPO / t).exists() for t in local), [t for t in local if not (REPO / t).exists()]
 
 
-def test_the_env_throughput_table_is_the_benchmark_file() -> None:
-    """docs/performance.md holds exactly the table that benchmarks/env_table.py renders from its JSON."""
+@pytest.mark.parametrize(("script", "results"), [("env_table", "envs-cpu"), ("model_table", "models-cpu")])
+def test_the_throughput_tables_are_the_benchmark_files(script: str, results: str) -> None:
+    """docs/performance.md holds exactly the tables that benchmarks/*_table.py render from their JSON."""
     import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("env_table", REPO / "benchmarks" / "env_table.py")
+    spec = importlib.util.spec_from_file_location(script, REPO / "benchmarks" / f"{script}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    data = json.loads((REPO / "benchmarks" / "results" / "envs-cpu.json").read_text())
+    data = json.loads((REPO / "benchmarks" / "results" / f"{results}.json").read_text())
     assert {"cpu", "cores", "torch", "warp", "newton"} <= set(data["machine"]) and data["rows"]
     assert module.markdown(data) in (REPO / "docs" / "performance.md").read_text()
