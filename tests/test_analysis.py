@@ -571,7 +571,7 @@ def test_single_task_at_smoke_scale_from_a_fresh_store(out: Path) -> None:
         ("stiffness", 12, ("aggregate",)),
         ("wm-type", 6, ("aggregate",)),
         ("wm-budget", 8, ("series",)),  # no normaliser: raw returns, return against the model's budget
-        ("pwm-ablations", 10, ("improvement",)),
+        ("pwm-ablations", 12, ("improvement",)),
     ],
 )
 def test_rl_ablations_at_smoke_scale_from_a_fresh_store(
