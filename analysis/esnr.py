@@ -245,6 +245,9 @@ def _model(root: Path, data: Path, scale_name: str, scale: EsnrScale, horizon: i
             horizon=horizon,
             eval_every=max(scale.wm_steps // 5, 1),
             seed=seed,
+            # the units the study's models and published numbers were made with (r / σ); ESNR does
+            # not depend on the reward's scale, and a cached model keeps its folder name
+            reward_norm="scale",
         )
         wm = sized_config("pwm", latent_dim=scale.latent, mlp_dim=scale.width, enc_dim=scale.width)
         pretrain_world_model(data, out, cfg, wm, resume=True, reporter=LogReporter())
